@@ -1,0 +1,1 @@
+"""Reference detectors on pretrained features: PaDiM and PatchCore."""

@@ -1,0 +1,1 @@
+"""Dataset readers (MVTec AD, VisA, Real-IAD, folder, ELPV), image loading and checks."""

@@ -1,0 +1,1 @@
+"""Simplex noise in torch (batched, seeded, on any device)."""

@@ -1,0 +1,1 @@
+"""PNG panels and the HTML report."""

@@ -1,0 +1,1 @@
+"""DDPM and DDIM schedulers whose steps take simplex or Gaussian noise."""

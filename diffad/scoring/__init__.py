@@ -1,0 +1,1 @@
+"""Residuals to anomaly maps to image scores."""

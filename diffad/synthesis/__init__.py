@@ -1,0 +1,1 @@
+"""Synthetic defect generators: masks, texture paste, cut-paste, drawn defects, diffusion inpainting."""

@@ -1,0 +1,1 @@
+"""Diffusers-style pipelines, installed as `diffad.pipelines`."""
