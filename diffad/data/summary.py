@@ -1,0 +1,96 @@
+"""What a dataset holds: counts per split and defect type, masks, image sizes and modes, problems."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from diffad.data.samples import Sample
+
+
+@dataclass
+class CategorySummary:
+    category: str
+    counts: Counter = field(default_factory=Counter)  # (split, defect_type) -> images
+    masks: Counter = field(default_factory=Counter)  # (split, defect_type) -> images with a mask
+    sizes: Counter = field(default_factory=Counter)  # "WxH" -> images
+    modes: Counter = field(default_factory=Counter)  # Pillow mode -> images
+    mask_modes: Counter = field(default_factory=Counter)
+
+
+def _header(path: str, what: str) -> tuple[tuple[int, int] | None, str | None, str | None]:
+    """(size, mode, problem): reads the header and checks the file's structure without decoding."""
+    try:
+        with Image.open(path) as img:
+            size, mode = img.size, img.mode
+            img.verify()  # PNG: chunk checksums and truncation; cheap compared with decoding
+        return size, mode, None
+    except FileNotFoundError:
+        return None, None, f"{what} {path} does not exist"
+    except UnidentifiedImageError:
+        return None, None, f"{what} {path} is not an image Pillow can read"
+    except (OSError, SyntaxError, ValueError) as err:
+        return None, None, f"{what} {path} is truncated or corrupt ({err})"
+
+
+def summarize(samples: Sequence[Sample]) -> tuple[list[CategorySummary], list[str]]:
+    """Per-category summaries (in order of appearance) and a list of problems found, each naming files."""
+    summaries: dict[str, CategorySummary] = {}
+    problems: list[str] = []
+    for s in tqdm(samples, desc="checking images", unit="img", disable=None, leave=False):
+        summary = summaries.setdefault(s.category, CategorySummary(s.category))
+        key = (s.split, s.defect_type)
+        summary.counts[key] += 1
+        size, mode, problem = _header(s.image_path, "image")
+        if problem:
+            problems.append(problem)
+            continue
+        summary.sizes[f"{size[0]}x{size[1]}"] += 1
+        summary.modes[mode] += 1
+        if s.mask_path is None:
+            continue
+        summary.masks[key] += 1
+        mask_size, mask_mode, problem = _header(s.mask_path, "mask")
+        if problem:
+            problems.append(problem)
+        elif mask_size != size:
+            problems.append(
+                f"mask {s.mask_path} is {mask_size[0]}x{mask_size[1]} but its image {s.image_path} "
+                f"is {size[0]}x{size[1]}"
+            )
+        else:
+            summary.mask_modes[mask_mode] += 1
+    return list(summaries.values()), problems
+
+
+def _counter_text(counter: Counter) -> str:
+    return ", ".join(f"{k} ({n})" for k, n in counter.most_common()) or "-"
+
+
+def format_summary(title: str, summaries: Sequence[CategorySummary]) -> str:
+    lines = [title]
+    for summary in summaries:
+        lines += [
+            "",
+            f"category {summary.category}",
+            f"  {'split':<6} {'defect type':<24} {'images':>7} {'masks':>7}",
+        ]
+        order = sorted(summary.counts, key=lambda k: (k[0] != "train", k[1] != "good", k[1]))
+        for split, defect in order:
+            n, m = summary.counts[(split, defect)], summary.masks[(split, defect)]
+            masks = "-" if defect == "good" and m == 0 else str(m)
+            lines.append(f"  {split:<6} {defect:<24} {n:>7} {masks:>7}")
+        for split in ("train", "test"):
+            total = sum(n for (sp, _), n in summary.counts.items() if sp == split)
+            defective = sum(n for (sp, d), n in summary.counts.items() if sp == split and d != "good")
+            if total:
+                lines.append(f"  {split} total: {total} ({total - defective} good, {defective} defective)")
+        lines.append(f"  image sizes (WxH): {_counter_text(summary.sizes)}")
+        lines.append(f"  image modes: {_counter_text(summary.modes)}")
+        if summary.mask_modes:
+            lines.append(f"  mask modes: {_counter_text(summary.mask_modes)}")
+    return "\n".join(lines)
