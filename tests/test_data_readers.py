@@ -185,3 +185,13 @@ def test_seeded_holdout_ignores_listing_order():
     held = seeded_holdout(names, 0.2, seed=0)
     assert len(held) == 10 and held == seeded_holdout(list(reversed(names)), 0.2, seed=0)
     assert held != seeded_holdout(names, 0.2, seed=1)
+
+
+def test_elpv_summary_command(capsys):
+    from diffad.cli import main
+
+    assert main(["data", "summary", "elpv", "--category", "mono"]) == 0
+    out = capsys.readouterr().out
+    assert "all: 901 images, 588 good, 313 defective" in out
+    # labels.csv: 117 mono cells at p=1/3 and 56 at p=2/3
+    assert "173 uncertain cells" in out

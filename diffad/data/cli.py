@@ -36,6 +36,10 @@ def run_summary(args: argparse.Namespace) -> int:
         samples = load_samples(args.path, args.category, defects=args.defects, masks=args.masks)
     summaries, problems = summarize(samples)
     print(format_summary(f"{args.path}: {FORMATS[kind]}, {len(samples)} images", summaries))
+    if kind == "elpv":
+        from diffad.data.elpv import note
+
+        print(f"\nnote: {note(args.category)}")
     for w in caught:
         print(f"diffad data: warning: {w.message}", file=sys.stderr)
     for problem in problems:

@@ -62,3 +62,13 @@ def load_elpv(category: str | None = None, split: str | None = None) -> list[Sam
             Sample(str(labels.parent / rel), None, 1, "defective", "test", name) for rel in sorted(bad)
         ]
     return select(samples, split)
+
+
+def note(category: str | None = None) -> str:
+    """A line for summaries: what was left out, and that the split is this package's own."""
+    rows = _read_labels(labels_file())
+    unsure = sum(1 for _, prob, kind in rows if prob not in (0.0, 1.0) and category in (None, kind))
+    return (
+        f"{unsure} uncertain cells (defect probability 1/3 or 2/3) left out; ELPV has no official "
+        f"split: {TEST_FRACTION:.0%} of good cells (seed {SEED}) and all defective cells are the test set"
+    )

@@ -4,6 +4,7 @@ Any mode Pillow decodes is accepted: L, RGB, RGBA/LA (alpha dropped), P (palette
 1, CMYK, YCbCr, and high bit depth (I;16, I as 16-bit, F as 0..1). Images become (C,H,W) float
 tensors in [-1, 1]; masks become (1,H,W) tensors of 0/1 where any non-zero pixel is defective
 (MVTec masks hold 255, VisA masks small class numbers; palette masks are read by index).
+EXIF orientation is ignored on purpose: masks carry none, and must stay aligned with their image.
 """
 
 from __future__ import annotations

@@ -84,11 +84,15 @@ def format_summary(title: str, summaries: Sequence[CategorySummary]) -> str:
             n, m = summary.counts[(split, defect)], summary.masks[(split, defect)]
             masks = "-" if defect == "good" and m == 0 else str(m)
             lines.append(f"  {split:<6} {defect:<24} {n:>7} {masks:>7}")
-        for split in ("train", "test"):
-            total = sum(n for (sp, _), n in summary.counts.items() if sp == split)
-            defective = sum(n for (sp, d), n in summary.counts.items() if sp == split and d != "good")
+        for split in ("train", "test", None):
+            total = sum(n for (sp, _), n in summary.counts.items() if split in (None, sp))
+            defective = sum(n for (sp, d), n in summary.counts.items() if split in (None, sp) and d != "good")
+            masks = sum(n for (sp, _), n in summary.masks.items() if split in (None, sp))
             if total:
-                lines.append(f"  {split} total: {total} ({total - defective} good, {defective} defective)")
+                lines.append(
+                    f"  {split or 'all'}: {total} images, {total - defective} good, {defective} defective, "
+                    f"{masks} masks"
+                )
         lines.append(f"  image sizes (WxH): {_counter_text(summary.sizes)}")
         lines.append(f"  image modes: {_counter_text(summary.modes)}")
         if summary.mask_modes:
