@@ -74,16 +74,17 @@ def _counter_text(counter: Counter) -> str:
 def format_summary(title: str, summaries: Sequence[CategorySummary]) -> str:
     lines = [title]
     for summary in summaries:
+        width = max([len("defect type"), *(len(d) for _, d in summary.counts)]) + 2
         lines += [
             "",
             f"category {summary.category}",
-            f"  {'split':<6} {'defect type':<24} {'images':>7} {'masks':>7}",
+            f"  {'split':<6} {'defect type':<{width}} {'images':>7} {'masks':>7}",
         ]
         order = sorted(summary.counts, key=lambda k: (k[0] != "train", k[1] != "good", k[1]))
         for split, defect in order:
             n, m = summary.counts[(split, defect)], summary.masks[(split, defect)]
             masks = "-" if defect == "good" and m == 0 else str(m)
-            lines.append(f"  {split:<6} {defect:<24} {n:>7} {masks:>7}")
+            lines.append(f"  {split:<6} {defect:<{width}} {n:>7} {masks:>7}")
         for split in ("train", "test", None):
             total = sum(n for (sp, _), n in summary.counts.items() if split in (None, sp))
             defective = sum(n for (sp, d), n in summary.counts.items() if split in (None, sp) and d != "good")
