@@ -1,0 +1,80 @@
+"""The images a stage trains on (good training images only) and the few it shows in its panels."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from diffad.errors import DataError
+from diffad.training.order import BatchOrder, MicroBatchSampler
+
+# Decode the whole training set once when it fits in this much memory; stream from disk otherwise.
+CACHE_LIMIT_BYTES = 2 * 1024**3
+
+
+def good_training_samples(data: str, category: str | None) -> list:
+    from diffad.data import load_samples
+
+    samples = [s for s in load_samples(data, category, split="train") if s.label == 0]
+    if not samples:
+        where = data if category is None else f"{data} (category {category})"
+        raise DataError(
+            f"no good training images in {where}: the training set is empty. Put good images in the "
+            "train split (MVTec AD layout: <category>/train/good/) or point --data at another folder."
+        )
+    return samples
+
+
+def validation_samples(data: str, category: str | None, train: list, n: int) -> list:
+    """Up to n good training images and up to n defective test images (if the set has a test split)."""
+    from diffad.data import load_samples
+
+    try:
+        defects = [s for s in load_samples(data, category, split="test") if s.label == 1]
+    except DataError:
+        defects = []
+    return list(train[:n]) + defects[:n]
+
+
+class CachedImages(Dataset):
+    """Every image decoded once, held as one tensor: indexing is then free of disk and PNG work."""
+
+    def __init__(self, dataset: Dataset, desc: str = "decoding images", show: bool = True):
+        self.images = torch.stack(
+            [dataset[i]["image"] for i in tqdm(range(len(dataset)), desc=desc, disable=not show)]
+        )
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, index: int) -> dict:
+        return {"image": self.images[index]}
+
+
+def training_images(samples: list, resolution: int, channels: int, *, show_progress: bool = True) -> Dataset:
+    """The training images as a Dataset of {"image": (C,H,W) in [-1,1]}, decoded up front if they fit."""
+    from diffad.data import AnomalyDataset
+
+    dataset = AnomalyDataset(samples, resolution, channels=channels)
+    if len(dataset) * channels * resolution * resolution * 4 <= CACHE_LIMIT_BYTES:
+        return CachedImages(dataset, show=show_progress)
+    return dataset
+
+
+def load_images(samples: list, resolution: int, channels: int) -> torch.Tensor:
+    """A few images as one (N,C,H,W) tensor (validation panels)."""
+    from diffad.data import AnomalyDataset
+
+    if not samples:
+        return torch.empty(0, channels, resolution, resolution)
+    dataset = AnomalyDataset(samples, resolution, channels=channels)
+    return torch.stack([dataset[i]["image"] for i in range(len(dataset))])
+
+
+def micro_batches(dataset: Dataset, order: BatchOrder, first: int, stop: int, workers: int):
+    """Iterator over this rank's micro-batches first..stop-1 (dicts of stacked tensors)."""
+    if isinstance(dataset, CachedImages):
+        return ({"image": dataset.images[order.indices(m)]} for m in range(first, stop))
+    loader = DataLoader(dataset, batch_sampler=MicroBatchSampler(order, first, stop), num_workers=workers)
+    return iter(loader)

@@ -1,0 +1,268 @@
+"""Stage 2: a UNet2DModel learns to predict the (simplex or Gaussian) noise on latents of good images.
+
+The good images are encoded once up front (and their mirror images, with --random_flip), scaled
+by LDM's factor (1 / std of the latents, stored in the vae config), then the loop draws batches,
+noise and timesteps from (seed, micro-batch) alone. With --pixel_space there is no autoencoder:
+the UNet denoises the images themselves, as AnoDDPM does.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+from accelerate.logging import get_logger
+
+from diffad.errors import ConfigError
+from diffad.training.accelerate_setup import make_lr_scheduler, seeded
+from diffad.training.args import add_data_args, add_training_args, check_resolution
+from diffad.training.data import good_training_samples, load_images, training_images, validation_samples
+from diffad.training.ema import ema_weights, make_ema
+from diffad.training.latents import encode, encode_all, load_autoencoder, scaling_factor
+from diffad.training.loop import run_steps
+from diffad.training.order import BatchOrder, generator_for, global_randint, rank_rows
+from diffad.training.panels import error_rows, save_panel
+from diffad.training.pipeline_folder import PIPELINE_ENTRIES, write_detection_pipeline
+from diffad.training.stage import (
+    checkpoint_writer,
+    make_optimizer,
+    panel_path,
+    resume_stage,
+    start_stage,
+)
+
+logger = get_logger("diffad.training")
+
+
+def add_unet_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    add_data_args(parser)
+    g = parser.add_argument_group("diffusion model")
+    source = g.add_mutually_exclusive_group(required=True)
+    source.add_argument("--vae", help="folder of the trained autoencoder (train_vae.py's --output_dir)")
+    source.add_argument("--pixel_space", action="store_true", help="no autoencoder: AnoDDPM on pixels")
+    g.add_argument("--preset", choices=("tiny", "small", "base"), default="small")
+    g.add_argument("--noise", choices=("simplex", "gaussian"), default="simplex")
+    g.add_argument("--num_train_timesteps", type=int, default=1000)
+    g.add_argument(
+        "--beta_schedule", choices=("linear", "scaled_linear", "squaredcos_cap_v2"), default="linear"
+    )
+    g.add_argument(
+        "--max_timestep",
+        type=int,
+        default=None,
+        help="draw training timesteps below this only (AnoDDPM); default: the whole schedule",
+    )
+    g.add_argument("--validation_strength", type=float, default=0.25, help="noise fraction for the panels")
+    g.add_argument("--validation_inference_steps", type=int, default=10)
+    add_training_args(parser, default_lr=1e-4, default_batch=16)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Stage 2: train the diffusion UNet of an anomaly detector.")
+    return add_unet_args(parser).parse_args(argv)
+
+
+def scheduler_config(args) -> dict:
+    # Latents are not bounded, pixels are: clip the predicted clean sample in pixel space only.
+    return {
+        "num_train_timesteps": args.num_train_timesteps,
+        "beta_schedule": args.beta_schedule,
+        "beta_start": 0.0001,
+        "beta_end": 0.02,
+        "prediction_type": "epsilon",
+        "clip_sample": bool(args.pixel_space),
+    }
+
+
+def check_unet_args(args) -> None:
+    if args.num_train_timesteps < 2:
+        raise ConfigError("--num_train_timesteps must be at least 2")
+    if args.max_timestep is not None and not 1 <= args.max_timestep <= args.num_train_timesteps:
+        raise ConfigError(
+            f"--max_timestep must lie in 1..{args.num_train_timesteps} (--num_train_timesteps), not {args.max_timestep}"
+        )
+
+
+def draw_noise(kind: str, local_shape, generator, accelerator) -> torch.Tensor:
+    from diffad.noise import sample_noise
+
+    return rank_rows(
+        lambda shape, g: sample_noise(kind, shape, generator=g),
+        tuple(local_shape),
+        generator,
+        rank=accelerator.process_index,
+        world_size=accelerator.num_processes,
+    )
+
+
+@torch.no_grad()
+def reconstruct(vae, unet, scheduler, images, *, strength, steps, noise, seed, scale) -> torch.Tensor:
+    """Noise the images `strength` of the way and denoise them back (DDIM): the detector's core."""
+    from diffad.noise import sample_noise
+    from diffad.schedulers import partial_timesteps
+
+    z = (images if vae is None else encode(vae, images)) * scale
+    _, timesteps = partial_timesteps(scheduler, strength, steps)
+    eps = sample_noise(noise, tuple(z.shape), generator=generator_for(seed, "validation-noise")).to(z)
+    z = scheduler.add_noise(z, eps, timesteps[:1].to(z.device))
+    for t in timesteps:
+        z = scheduler.step(unet(z, t).sample, t, z).prev_sample
+    z = z / scale
+    return z if vae is None else vae.decode(z).sample
+
+
+def main(args: argparse.Namespace) -> dict:
+    """Train stage 2 and write the detection pipeline into --output_dir; returns a summary."""
+    from diffusers import DDPMScheduler
+
+    from diffad.models import build_unet, downsample_factor, latent_channels
+    from diffad.schedulers import NoiseDDIMScheduler
+    from diffad.scoring.scorer import AnomalyScorer
+
+    check_unet_args(args)
+    accelerator = start_stage(args, name="train_unet", model_entries=PIPELINE_ENTRIES)
+    device, main_process = accelerator.device, accelerator.is_main_process
+    vae = None if args.pixel_space else load_autoencoder(args.vae).to(device)
+    vae_factor = 1 if vae is None else downsample_factor(vae)
+    check_resolution(args.resolution, vae_factor, "the autoencoder")
+    latent_res = args.resolution // vae_factor
+    in_channels = args.channels if vae is None else latent_channels(vae)
+    with seeded(args.seed):
+        # Any multiple of the UNet's factor will do here; the real size is set once it is checked.
+        unet = build_unet(args.preset, in_channels=in_channels, sample_size=1024)
+    check_resolution(
+        args.resolution, vae_factor * downsample_factor(unet), "the autoencoder and UNet together"
+    )
+    unet.register_to_config(sample_size=latent_res)
+    if vae is not None and vae.config.in_channels != args.channels:
+        raise ConfigError(
+            f"--channels {args.channels} does not match the autoencoder at {args.vae}, which takes "
+            f"{vae.config.in_channels}-channel images; pass --channels {vae.config.in_channels}."
+        )
+
+    samples = good_training_samples(args.data, args.category)
+    images = training_images(samples, args.resolution, args.channels, show_progress=main_process).images
+    encode_batch = max(4 * args.train_batch_size, 8)
+    latents = encode_all(vae, images, batch_size=encode_batch, device=device, show_progress=main_process)
+    scale = 1.0
+    if vae is not None:
+        scale = scaling_factor(latents)
+        vae.register_to_config(scaling_factor=scale)
+    # Versions of every latent: [original] or [original, mirror]; a coin per row picks one.
+    versions = [latents * scale]
+    if args.random_flip:
+        versions.append(encode_all(vae, images.flip(-1), batch_size=encode_batch, device=device) * scale)
+    versions = torch.stack(versions).to(device)
+    logger.info(
+        f"{len(samples)} training images -> latents {tuple(latents.shape[1:])}, scaling factor {scale:.4f}"
+    )
+
+    noise_scheduler = DDPMScheduler(**scheduler_config(args))
+    max_t = args.max_timestep or args.num_train_timesteps
+    optimizer = make_optimizer(unet.parameters(), args)
+    lr_scheduler = make_lr_scheduler(accelerator, optimizer, args)
+    unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
+    ema = make_ema(accelerator.unwrap_model(unet), args.ema_decay) if args.use_ema else None
+    start_step = resume_stage(accelerator, args, ema)
+
+    rank, world = accelerator.process_index, accelerator.num_processes
+    order = BatchOrder(len(samples), args.train_batch_size, seed=args.seed, rank=rank, world_size=world)
+    accum = args.gradient_accumulation_steps
+
+    def train_step(step: int) -> dict[str, float]:
+        total = 0.0
+        for k in range(accum):
+            m = step * accum + k
+            idx = torch.tensor(order.indices(m), device=device)
+            pick = rank_rows(
+                lambda shape, g: torch.randint(0, len(versions), shape, generator=g),
+                (len(idx),),
+                generator_for(args.seed, "flip", m),
+                rank=rank,
+                world_size=world,
+            ).to(device)
+            x0 = versions[pick, idx]
+            noise = draw_noise(args.noise, x0.shape, generator_for(args.seed, "noise", m), accelerator).to(x0)
+            t = global_randint(
+                max_t, len(idx), generator_for(args.seed, "timesteps", m), rank=rank, world_size=world
+            )
+            t = t.to(device)
+            noisy = noise_scheduler.add_noise(x0, noise, t)
+            with accelerator.accumulate(unet):
+                pred = unet(noisy, t).sample
+                loss = F.mse_loss(pred.float(), noise.float())
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(unet.parameters(), args.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad()
+            total += loss.detach().item() / accum
+        if ema is not None:
+            ema.step(accelerator.unwrap_model(unet).parameters())
+        return {"loss": total, "lr": lr_scheduler.get_last_lr()[0]}
+
+    val_images = load_images(
+        validation_samples(args.data, args.category, samples, args.num_validation_images),
+        args.resolution,
+        args.channels,
+    ).to(device)
+
+    def validate(step: int) -> None:
+        if not main_process or not len(val_images):
+            return
+        model = accelerator.unwrap_model(unet)
+        val_scheduler = NoiseDDIMScheduler.from_config(noise_scheduler.config)
+        with ema_weights(model, ema):
+            model.eval()
+            out = reconstruct(
+                vae,
+                model,
+                val_scheduler,
+                val_images,
+                strength=args.validation_strength,
+                steps=args.validation_inference_steps,
+                noise=args.noise,
+                seed=args.seed,
+                scale=scale,
+            )
+            model.train()
+        save_panel(error_rows(val_images, out.clamp(-1, 1)), panel_path(args, step))
+
+    result = run_steps(
+        accelerator,
+        args,
+        start_step=start_step,
+        train_step=train_step,
+        save_checkpoint=checkpoint_writer(accelerator, args, ema),
+        validate=validate,
+        desc="train_unet",
+    )
+    accelerator.wait_for_everyone()
+    if main_process:
+        if (
+            result.step >= args.max_train_steps
+            and args.validation_steps
+            and result.step % args.validation_steps
+        ):
+            validate(result.step)
+        model = accelerator.unwrap_model(unet)
+        with ema_weights(model, ema):
+            write_detection_pipeline(
+                args.output_dir,
+                vae=vae,
+                unet=model,
+                scheduler=NoiseDDIMScheduler.from_config(noise_scheduler.config),
+                scorer=AnomalyScorer(resolution=args.resolution, noise=args.noise),
+            )
+        logger.info(f"saved the detection pipeline to {args.output_dir}")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return {
+        "stage": "unet",
+        "steps": result.step,
+        "steps_per_second": result.steps_per_second,
+        **result.last_logs,
+    }
