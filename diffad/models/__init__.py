@@ -1,1 +1,19 @@
 """Presets and losses around diffusers' AutoencoderKL, VQModel and UNet2DModel, and the networks diffad adds."""
+
+from diffad.models.presets import (
+    MODEL_TYPES,
+    PRESETS,
+    build_autoencoder,
+    build_unet,
+    downsample_factor,
+    latent_channels,
+)
+
+__all__ = [
+    "MODEL_TYPES",
+    "PRESETS",
+    "build_autoencoder",
+    "build_unet",
+    "downsample_factor",
+    "latent_channels",
+]

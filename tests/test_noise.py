@@ -1,0 +1,102 @@
+"""diffad.noise against the opensimplex package, and the statistics of batched simplex noise."""
+
+import numpy as np
+import opensimplex
+import pytest
+import torch
+
+from diffad.errors import ConfigError
+from diffad.noise import opensimplex2, opensimplex3, sample_noise, simplex_noise
+
+SEEDS = [0, 3, 1234, -77, 2**40 + 5]
+
+
+def _points(seed, n, dims):
+    rng = np.random.default_rng(seed)
+    # Wide enough to wrap the 256-entry hash, with negative coordinates and small fractions.
+    return rng.uniform(-300, 300, (n, dims)) * rng.choice([1.0, 0.01], (n, 1))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_opensimplex2_equals_reference(seed):
+    points = _points(abs(seed) % 1000, 400, 2)
+    opensimplex.seed(seed)
+    expected = np.array([opensimplex.noise2(x, y) for x, y in points])
+    got = opensimplex2(torch.from_numpy(points[:, 0]), torch.from_numpy(points[:, 1]), seed)
+    assert got.dtype == torch.float64
+    np.testing.assert_allclose(got.numpy(), expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_opensimplex3_equals_reference(seed):
+    points = _points(abs(seed) % 1000 + 1, 600, 3)
+    opensimplex.seed(seed)
+    expected = np.array([opensimplex.noise3(x, y, z) for x, y, z in points])
+    t = torch.from_numpy(points)
+    got = opensimplex3(t[:, 0], t[:, 1], t[:, 2], seed)
+    np.testing.assert_allclose(got.numpy(), expected, atol=1e-6, rtol=0)
+
+
+def test_opensimplex_broadcasts_grids_like_noise_array():
+    opensimplex.seed(11)
+    xs, ys, zs = np.linspace(0, 3, 7), np.linspace(-2, 1, 5), np.array([0.5, 9.25])
+    got2 = opensimplex2(torch.tensor(xs)[None, :], torch.tensor(ys)[:, None], 11)
+    np.testing.assert_allclose(got2.numpy(), opensimplex.noise2array(xs, ys), atol=1e-6)
+    got3 = opensimplex3(
+        torch.tensor(xs)[None, None, :], torch.tensor(ys)[None, :, None], torch.tensor(zs)[:, None, None], 11
+    )
+    np.testing.assert_allclose(got3.numpy(), opensimplex.noise3array(xs, ys, zs), atol=1e-6)
+
+
+def test_simplex_noise_is_standardised_per_sample_and_channel():
+    noise = simplex_noise((3, 2, 32, 32), generator=torch.Generator().manual_seed(0))
+    assert noise.shape == (3, 2, 32, 32) and noise.dtype == torch.float32
+    mean, std = noise.mean(dim=(2, 3)), noise.std(dim=(2, 3), unbiased=False)
+    torch.testing.assert_close(mean, torch.zeros(3, 2), atol=1e-5, rtol=0)
+    torch.testing.assert_close(std, torch.ones(3, 2), atol=1e-4, rtol=0)
+
+
+def test_simplex_noise_fields_differ_and_are_smooth():
+    noise = simplex_noise((4, 3, 32, 32), generator=torch.Generator().manual_seed(1)).view(12, -1)
+    corr = torch.corrcoef(noise)
+    off_diagonal = corr[~torch.eye(12, dtype=torch.bool)]
+    assert off_diagonal.abs().max() < 0.9  # every (sample, channel) has its own field
+    # Low-frequency structure: neighbouring pixels are strongly correlated, unlike white noise.
+    field = noise.view(12, 32, 32)
+    neighbour = torch.corrcoef(torch.stack([field[:, :, :-1].flatten(), field[:, :, 1:].flatten()]))[0, 1]
+    assert neighbour > 0.5
+
+
+def test_simplex_noise_same_seed_same_tensor_other_seed_other_tensor():
+    a = simplex_noise((2, 4, 16, 16), generator=torch.Generator().manual_seed(5))
+    b = simplex_noise((2, 4, 16, 16), generator=torch.Generator().manual_seed(5))
+    c = simplex_noise((2, 4, 16, 16), generator=torch.Generator().manual_seed(6))
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_simplex_noise_dtypes(dtype):
+    reference = simplex_noise((1, 2, 16, 16), generator=torch.Generator().manual_seed(2))
+    noise = simplex_noise((1, 2, 16, 16), generator=torch.Generator().manual_seed(2), dtype=dtype)
+    assert noise.dtype == dtype and torch.isfinite(noise).all()
+    torch.testing.assert_close(noise.float(), reference, atol=0.05, rtol=0.01)
+
+
+def test_simplex_noise_non_square_and_one_octave():
+    noise = simplex_noise((1, 1, 8, 24), generator=torch.Generator().manual_seed(3), octaves=1, frequency=2)
+    assert noise.shape == (1, 1, 8, 24)
+    assert abs(float(noise.mean())) < 1e-5
+
+
+def test_sample_noise_dispatches_and_rejects_unknown_kinds():
+    g = torch.Generator().manual_seed(4)
+    gaussian = sample_noise("gaussian", (2, 3, 8, 8), generator=g)
+    assert torch.equal(gaussian, torch.randn((2, 3, 8, 8), generator=torch.Generator().manual_seed(4)))
+    simplex = sample_noise("simplex", (2, 3, 8, 8), generator=torch.Generator().manual_seed(4), octaves=2)
+    expected = simplex_noise((2, 3, 8, 8), generator=torch.Generator().manual_seed(4), octaves=2)
+    assert torch.equal(simplex, expected)
+    with pytest.raises(ConfigError, match="unknown noise kind"):
+        sample_noise("perlin", (1, 1, 8, 8))
+    with pytest.raises(ConfigError):
+        simplex_noise((8, 8))
