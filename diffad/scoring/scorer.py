@@ -1,0 +1,171 @@
+"""`AnomalyScorer`: the detection settings and the calibration statistics, saved with a pipeline.
+
+It is a pipeline component (a `ModelMixin`), so `save_pretrained` writes its settings to
+`scorer/config.json` and its statistics to `scorer/diffusion_pytorch_model.safetensors`, and a trained
+folder detects with its own settings. It turns residual maps into one anomaly map per image:
+smooth each residual, standardise it with the statistics of good images (when calibrated),
+weight and sum; the image score is the maximum of the (optionally average-pooled) map.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import ModelMixin
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+
+from diffad.errors import ConfigError
+from diffad.scoring.residuals import PIXEL_NORMS
+from diffad.scoring.smoothing import average_pool, gaussian_blur
+
+# The order of the rows of the calibration buffers.
+RESIDUALS = ("pixel", "ssim", "latent", "feature")
+SAMPLERS = ("ddim", "ddpm")
+NOISE_KINDS = ("simplex", "gaussian")
+CALIBRATIONS = ("none", "global", "per_pixel")
+
+
+def check_strengths(strength: float | list[float]) -> list[float]:
+    values = [strength] if isinstance(strength, int | float) else list(strength)
+    if not values or any(not 0.0 < float(s) <= 1.0 for s in values):
+        raise ConfigError(
+            f"strength must be in (0, 1] (0.25 noises a quarter of the schedule), got {strength}"
+        )
+    return [float(s) for s in values]
+
+
+def check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+    return value
+
+
+class AnomalyScorer(ModelMixin, ConfigMixin):
+    """Detection settings (config) and calibration statistics (buffers) of an anomaly detection pipeline.
+
+    Args:
+        resolution: side of the square working resolution (images are resized to it).
+        strength: fraction of the noise schedule to noise to; a list runs one pass per strength.
+        num_inference_steps: denoising steps run from the starting timestep down to 0.
+        noise: "simplex" (AnoDDPM) or "gaussian".
+        sampler: "ddim" (deterministic, few steps) or "ddpm" (stochastic steps with `noise`).
+        num_ensemble: noise draws per strength; residuals are averaged over strengths and draws.
+        pixel_weight, ssim_weight, latent_weight, feature_weight: weights of the residual maps.
+        pixel_norm: "l1" or "l2" over channels.
+        feature_layers: which stages of the feature extractor to compare (None: all).
+        feature_normalization: "auto" (ImageNet statistics for transformers models, else [-1, 1]),
+            "none" or "imagenet".
+        smoothing_sigma: Gaussian smoothing of each residual, in working-resolution pixels.
+        score_pooling: side of the average pool applied before the maximum (1: none).
+        calibration: "none", "global" or "per_pixel" (set by `AnomalyDetectionPipeline.calibrate`).
+        calibration_std_floor: per-pixel standard deviations are floored by this fraction of the
+            global one, so that a pixel that barely varied among the good images does not explode.
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        resolution: int = 256,
+        strength: float | list[float] = 0.25,
+        num_inference_steps: int = 8,
+        noise: str = "simplex",
+        sampler: str = "ddim",
+        num_ensemble: int = 1,
+        pixel_weight: float = 1.0,
+        pixel_norm: str = "l1",
+        ssim_weight: float = 1.0,
+        latent_weight: float = 1.0,
+        feature_weight: float = 1.0,
+        feature_layers: list[int] | None = None,
+        feature_normalization: str = "auto",
+        smoothing_sigma: float = 4.0,
+        score_pooling: int = 1,
+        calibration: str = "none",
+        calibration_std_floor: float = 0.1,
+    ):
+        super().__init__()
+        check_strengths(strength)
+        check_choice("noise", noise, NOISE_KINDS)
+        check_choice("sampler", sampler, SAMPLERS)
+        check_choice("pixel_norm", pixel_norm, PIXEL_NORMS)
+        check_choice("calibration", calibration, CALIBRATIONS)
+        if resolution < 8 or num_inference_steps < 1 or num_ensemble < 1 or score_pooling < 1:
+            raise ConfigError(
+                "resolution must be >= 8 and num_inference_steps, num_ensemble, score_pooling >= 1; got "
+                f"{resolution}, {num_inference_steps}, {num_ensemble}, {score_pooling}"
+            )
+        if min(pixel_weight, ssim_weight, latent_weight, feature_weight) < 0 or smoothing_sigma < 0:
+            raise ConfigError("residual weights and smoothing_sigma must be >= 0")
+        # Mean 0 and std 1 leave a residual unchanged: the statistics of an uncalibrated scorer.
+        shape = (len(RESIDUALS), resolution, resolution)
+        self.register_buffer("calibration_mean", torch.zeros(shape))
+        self.register_buffer("calibration_std", torch.ones(shape))
+
+    @property
+    def strengths(self) -> list[float]:
+        return check_strengths(self.config.strength)
+
+    def weight(self, name: str) -> float:
+        return float(getattr(self.config, f"{name}_weight"))
+
+    def active_residuals(self, *, latent: bool, feature: bool) -> list[str]:
+        """The residuals with a non-zero weight that the pipeline can compute."""
+        available = {"pixel": True, "ssim": True, "latent": latent, "feature": feature}
+        names = [n for n in RESIDUALS if available[n] and self.weight(n) > 0]
+        if not names:
+            raise ConfigError(
+                "every usable residual has weight 0: set pixel_weight, ssim_weight, latent_weight "
+                "(needs a vae) or feature_weight (needs a feature_extractor) above 0"
+            )
+        return names
+
+    def smooth(self, residual: torch.Tensor) -> torch.Tensor:
+        return gaussian_blur(residual, float(self.config.smoothing_sigma))
+
+    def standardise(self, name: str, residual: torch.Tensor) -> torch.Tensor:
+        if self.config.calibration == "none":
+            return residual
+        row = RESIDUALS.index(name)
+        mean = self.calibration_mean[row].to(residual)
+        std = self.calibration_std[row].to(residual)
+        return (residual - mean) / std
+
+    def combine(self, residuals: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Weighted sum of the standardised, already smoothed residual maps (N, H, W)."""
+        total = None
+        for name, residual in residuals.items():
+            term = self.weight(name) * self.standardise(name, residual)
+            total = term if total is None else total + term
+        return total
+
+    def score(self, maps: torch.Tensor) -> torch.Tensor:
+        """Image scores (N,): the maximum of each (average-pooled) map."""
+        return average_pool(maps, int(self.config.score_pooling)).amax(dim=(-2, -1))
+
+    def set_calibration(self, mode: str, moments: dict[str, tuple[int, torch.Tensor, torch.Tensor]]) -> None:
+        """Store statistics from `moments[name] = (count, sum, sum of squares)` of (H, W) maps.
+
+        Residuals missing from `moments` keep mean 0 and std 1.
+        """
+        check_choice("calibration mode", mode, CALIBRATIONS)
+        mean = torch.zeros_like(self.calibration_mean)
+        std = torch.ones_like(self.calibration_std)
+        for name, (count, total, total_sq) in moments.items():
+            if count < 1:
+                raise ConfigError("calibration needs at least one good image")
+            row = RESIDUALS.index(name)
+            total, total_sq = total.double(), total_sq.double()
+            pixel_mean = total / count
+            pixel_var = (total_sq / count - pixel_mean**2).clamp_min(0)
+            global_mean = pixel_mean.mean()
+            global_var = (total_sq.mean() / count - global_mean**2).clamp_min(0)
+            global_std = global_var.sqrt().clamp_min(1e-6)
+            if mode == "per_pixel":
+                floor = float(self.config.calibration_std_floor) * global_std
+                mean[row] = pixel_mean.float()
+                std[row] = (pixel_var + floor**2).sqrt().clamp_min(1e-6).float()
+            elif mode == "global":
+                mean[row] = global_mean.float()
+                std[row] = global_std.float()
+        self.calibration_mean.copy_(mean)
+        self.calibration_std.copy_(std)
+        self.register_to_config(calibration=mode)
