@@ -79,3 +79,11 @@ def _spread(sorted_values: np.ndarray, count: int) -> np.ndarray:
     if len(sorted_values) <= count:
         return sorted_values
     return sorted_values[np.linspace(0, len(sorted_values) - 1, count).round().astype(np.int64)]
+
+
+def f1_best_threshold(neg: np.ndarray, pos: np.ndarray) -> float:
+    """The score threshold (flag >= it) at which F1 is highest; NaN when a class is missing."""
+    if not (len(neg) and len(pos)):
+        return float("nan")
+    tp, fp, _ = _positive_thresholds(neg, pos)
+    return float(np.unique(pos)[::-1][np.argmax(2.0 * tp / (tp + fp + len(pos)))])
