@@ -22,6 +22,7 @@ from diffusers.utils import BaseOutput
 from torch import nn
 
 from diffad.errors import ConfigError
+from diffad.models import downsample_factor
 from diffad.noise import sample_noise
 from diffad.schedulers import NoiseDDIMScheduler, NoiseDDPMScheduler, partial_timesteps
 from diffad.scoring.features import extract_features
@@ -118,7 +119,7 @@ class AnomalyDetectionPipeline(DiffusionPipeline):
 
     @property
     def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1) if self.vae is not None else 1
+        return downsample_factor(self.vae) if self.vae is not None else 1
 
     @property
     def resolution(self) -> int:
