@@ -5,7 +5,7 @@ Outputs under --output_dir, for an input `a/b.png` (a file) or `<folder>/sub/b.p
   from [map_min, map_max] to [0, 65535]; `map = map_min + png / 65535 * (map_max - map_min)`.
 - `overlays/<name>.png`: the image with the map in colour ("jet") over it, the colours spanning
   [overlay_min, overlay_max]: 0 to --overlay_max (z-scores) for a calibrated pipeline, else per image.
-- `scores.csv`: image, score, map_png, overlay_png, map_min, map_max, overlay_min, overlay_max.
+- `scores.csv`: image, score, map_min, map_max, overlay_min, overlay_max, map_png, overlay_png.
 """
 
 from __future__ import annotations
@@ -13,12 +13,11 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import os
 from pathlib import Path
 
 from diffad.errors import ConfigError, DataError, OutputExistsError
 
-CSV_FIELDS = ("image", "score", "map_png", "overlay_png", "map_min", "map_max", "overlay_min", "overlay_max")
+CSV_FIELDS = ("image", "score", "map_min", "map_max", "overlay_min", "overlay_max", "map_png", "overlay_png")
 
 
 def register(subparsers) -> None:
@@ -76,21 +75,6 @@ def find_inputs(paths: list[str]) -> list[tuple[Path, str]]:
     return found
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def _png_bytes(array) -> bytes:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def map_to_uint16(anomaly_map):
     """The map scaled from its own [min, max] to uint16, with that range (see the module docstring)."""
     import numpy as np
@@ -100,15 +84,12 @@ def map_to_uint16(anomaly_map):
     return np.round(scaled * 65535).astype(np.uint16), lo, hi
 
 
-def overlay(image, anomaly_map, lo: float, hi: float, alpha: float = 0.5):
-    """RGB uint8: the image (H, W, C in [0, 1]) blended with the map in the "jet" colours of [lo, hi]."""
-    import numpy as np
-    from matplotlib import colormaps
+def _png16(array) -> bytes:
+    from PIL import Image
 
-    unit = np.clip((anomaly_map - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(anomaly_map)
-    colour = colormaps["jet"](unit)[..., :3]
-    gray = np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image[..., :3]
-    return np.round(255 * ((1 - alpha) * gray + alpha * colour)).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def _load_pipeline(model: str, device: str | None):
@@ -134,6 +115,8 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from diffad.data.images import image_to_tensor, open_image
+    from diffad.report.files import atomic_write
+    from diffad.report.panels import overlay, png_bytes
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch_size must be at least 1, got {args.batch_size}")
@@ -162,27 +145,18 @@ def run(args: argparse.Namespace) -> int:
                 anomaly_map = anomaly_map.numpy()
                 png, map_lo, map_hi = map_to_uint16(anomaly_map)
                 ov_lo, ov_hi = (0.0, args.overlay_max) if calibrated else (map_lo, map_hi)
-                unit_image = ((image.permute(1, 2, 0).numpy() + 1) / 2).clip(0, 1)
-                map_path, overlay_path = Path("maps") / f"{name}.png", Path("overlays") / f"{name}.png"
-                _atomic_write(out / map_path, _png_bytes(png))
-                _atomic_write(out / overlay_path, _png_bytes(overlay(unit_image, anomaly_map, ov_lo, ov_hi)))
-                rows.append(
-                    (
-                        str(path),
-                        float(score),
-                        map_path.as_posix(),
-                        overlay_path.as_posix(),
-                        map_lo,
-                        map_hi,
-                        ov_lo,
-                        ov_hi,
-                    )
+                map_path, overlay_path = f"maps/{name}.png", f"overlays/{name}.png"
+                atomic_write(out / map_path, _png16(png))
+                atomic_write(
+                    out / overlay_path, png_bytes(overlay(image, anomaly_map, vmin=ov_lo, vmax=ov_hi))
                 )
+                values = (float(score), map_lo, map_hi, ov_lo, ov_hi)
+                rows.append((str(path), *(f"{v:.9g}" for v in values), map_path, overlay_path))
                 bar.update(1)
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(CSV_FIELDS)
-    writer.writerows([(r[0], f"{r[1]:.9g}", r[2], r[3], *(f"{v:.9g}" for v in r[4:])) for r in rows])
-    _atomic_write(out / "scores.csv", text.getvalue().encode())
+    writer.writerows(rows)
+    atomic_write(out / "scores.csv", text.getvalue())
     print(f"wrote {len(rows)} maps and overlays and {out / 'scores.csv'}")
     return 0
