@@ -1,5 +1,6 @@
 """Presets and losses around diffusers' AutoencoderKL, VQModel and UNet2DModel, and the networks diffad adds."""
 
+from diffad.models.losses import PatchDiscriminator
 from diffad.models.presets import (
     MODEL_TYPES,
     PRESETS,
@@ -10,6 +11,7 @@ from diffad.models.presets import (
 )
 
 __all__ = [
+    "PatchDiscriminator",
     "MODEL_TYPES",
     "PRESETS",
     "build_autoencoder",
