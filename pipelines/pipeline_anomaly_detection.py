@@ -211,10 +211,12 @@ class AnomalyDetectionPipeline(DiffusionPipeline):
         config = self.scorer.config
         settings = _Settings(
             strengths=check_strengths(config.strength if strength is None else strength),
-            num_inference_steps=int(num_inference_steps or config.num_inference_steps),
+            num_inference_steps=int(
+                config.num_inference_steps if num_inference_steps is None else num_inference_steps
+            ),
             noise=check_choice("noise", noise or config.noise, NOISE_KINDS),
             sampler=check_choice("sampler", config.sampler, SAMPLERS),
-            num_ensemble=int(num_ensemble or config.num_ensemble),
+            num_ensemble=int(config.num_ensemble if num_ensemble is None else num_ensemble),
         )
         if settings.num_inference_steps < 1 or settings.num_ensemble < 1:
             raise ConfigError("num_inference_steps and num_ensemble must be at least 1")

@@ -167,3 +167,15 @@ def test_inputs_convert_to_model_tensors():
 def test_bad_inputs_raise(bad):
     with pytest.raises((ConfigError, DataError)):
         to_tensor_list(bad, channels=3)
+
+
+def test_feature_extractor_loads_from_a_local_folder_only(tmp_path):
+    from transformers import ResNetConfig, ResNetModel
+
+    from diffad.scoring.features import load_feature_extractor
+
+    config = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")
+    ResNetModel(config).save_pretrained(tmp_path / "resnet")
+    assert type(load_feature_extractor(tmp_path / "resnet")).__name__ == "ResNetModel"
+    with pytest.raises(ConfigError, match="local folder"):
+        load_feature_extractor("microsoft/resnet-18")  # a hub name is never downloaded
