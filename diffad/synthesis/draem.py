@@ -109,6 +109,7 @@ def draem_anomaly(
     opacity: tuple[float, float] | None = None,
     mask: torch.Tensor | None = None,
     mask_noise: str = "perlin",
+    mask_scale: tuple[int, int] | None = None,
     feather: float | None = None,
 ):
     """A DRAEM-style defect on `image` (C, H, W) or a batch, in [-1, 1].
@@ -117,7 +118,9 @@ def draem_anomaly(
     pixels inside the mask differ from the input. `fill` picks one kind or draws from several (all
     kinds by default, "texture" only with `textures`). `foreground` is None, "auto" (Otsu estimate)
     or a mask; the defect stays inside it. `opacity` defaults to (0.2, 1) for fills that add texture
-    and (0.6, 1) for those that remove it. `feather` softens the mask edge by that many pixels
+    and (0.6, 1) for those that remove it. `mask_scale` = (lo, hi): the mask's noise has 2**k periods
+    across the image, k drawn from [lo, hi) per axis (default (0, 6), and (0, 3) for removing fills,
+    whose patches are larger and fewer). `feather` softens the mask edge by that many pixels
     (default: 1 px for fills that remove texture, none otherwise); the mask covers the softened edge.
     """
     if isinstance(textures, (str, Path)):
@@ -127,14 +130,18 @@ def draem_anomaly(
     h, w = image.shape[-2:]
 
     def draw():
+        kind = choice(generator, choices)
+        removing = kind in REMOVING_FILLS
         if mask is not None:
             m = (torch.as_tensor(mask, device=image.device).reshape(1, h, w) > 0.5).float()
             params = {"mask": "given"}
         else:
-            m, params = noise_mask((h, w), generator, foreground=fg, noise=mask_noise, device=image.device)
-        kind = choice(generator, choices)
+            # A patch without texture is one smooth region, not a spray of small ones: coarse masks.
+            scale = mask_scale or ((0, 3) if removing else (0, 6))
+            m, params = noise_mask(
+                (h, w), generator, foreground=fg, noise=mask_noise, scale_exponents=scale, device=image.device
+            )
         fill_image, fill_params = make_fill(kind, image, m, generator, textures)
-        removing = kind in REMOVING_FILLS
         low, high = opacity or ((0.6, 1.0) if removing else (0.2, 1.0))
         beta = uniform(generator, low, high)
         soft = feather if feather is not None else (1.0 if removing else 0.0)

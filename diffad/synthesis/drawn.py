@@ -61,14 +61,20 @@ def stroke_alpha(
 
 
 def _walk(generator, start, heading, length, step, turn_sd, drift=0.0, jagged=False):
-    """A path of `length` px from `start`; heading changes by N(drift, turn_sd) per step."""
+    """A path of `length` px from `start`.
+
+    Smooth (a scratch): the heading turns by N(drift, turn_sd) per step, smoothed, so it bends gently.
+    Jagged (a crack): each step deviates by N(0, turn_sd) from a heading that itself wanders slowly,
+    so the line zigzags but keeps its course, as cracks in brittle material do.
+    """
     steps = max(2, int(length / step))
     turns = randn(generator, steps) * turn_sd + drift
-    if not jagged:
-        # Smooth the turning so the curve bends gently, like a scratch drawn by a tool.
+    if jagged:
+        angles = heading + torch.cumsum(randn(generator, steps) * 0.1, 0) + turns
+    else:
         kernel = torch.ones(5) / 5
         turns = torch.nn.functional.conv1d(turns[None, None], kernel[None, None], padding=2)[0, 0]
-    angles = heading + torch.cumsum(turns, 0)
+        angles = heading + torch.cumsum(turns, 0)
     deltas = torch.stack([torch.sin(angles), torch.cos(angles)], dim=-1) * step
     start = torch.tensor(start, dtype=torch.float32)
     return torch.cat([start[None], start[None] + torch.cumsum(deltas, 0)], dim=0)
