@@ -11,7 +11,12 @@ from diffad.errors import DiffadError
 
 # Modules that define `register(subparsers)`; each adds its subcommand(s) with `set_defaults(func=...)`.
 # Heavy imports (torch, diffusers) stay inside the command functions so `diffad --help` is quick.
-COMMAND_MODULES: list[str] = ["diffad.data.cli", "diffad.scoring.detect_cli", "diffad.synthesis.cli"]
+COMMAND_MODULES: list[str] = [
+    "diffad.data.cli",
+    "diffad.scoring.detect_cli",
+    "diffad.synthesis.cli",
+    "diffad.report.cli",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,272 @@
+"""Run a saved detector over the test split of a dataset and write metrics.json, scores.csv, report.html.
+
+A detector is anything `load_detector` can load from a folder: a saved `AnomalyDetectionPipeline`
+(model_index.json) or a reference detector of `diffad.baselines` (detector_config.json naming its
+class). Each is called the same way — `detector(images, output_type="np", batch_size=B[, generator])`
+returning `anomaly_maps`, `anomaly_scores` and `reconstructions` (None when it reconstructs nothing).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from diffad.errors import ConfigError, DataError, OutputExistsError
+from diffad.report.files import atomic_write
+from diffad.report.results import CategoryResults
+
+if TYPE_CHECKING:
+    import torch
+
+MARKER = ".diffad-evaluate"  # written first into OUT, so a rerun knows the folder is its own
+DEFAULT_RESOLUTION = 256
+
+
+def _load_pipeline(folder: Path):
+    from diffad.pipelines.pipeline_anomaly_detection import AnomalyDetectionPipeline
+
+    try:
+        pipe = AnomalyDetectionPipeline.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"cannot load the pipeline in {folder}: {err}") from err
+    pipe.set_progress_bar_config(disable=True)  # evaluate shows its own progress over images
+    return pipe
+
+
+def _load_baseline(folder: Path):
+    import diffad.baselines
+
+    config_file = folder / "detector_config.json"
+    try:
+        name = json.loads(config_file.read_text()).get("class")
+    except (OSError, ValueError, AttributeError) as err:
+        raise ConfigError(f"cannot read {config_file}: {err}; refit the detector") from err
+    cls = getattr(diffad.baselines, name, None) if isinstance(name, str) else None
+    if not (inspect.isclass(cls) and hasattr(cls, "from_pretrained")):
+        known = [
+            n for n in diffad.baselines.__all__ if hasattr(getattr(diffad.baselines, n), "from_pretrained")
+        ]
+        raise ConfigError(
+            f"{config_file} names class {name!r}, which is not one of diffad.baselines' {known}"
+        )
+    return cls.from_pretrained(folder)
+
+
+# The file that marks each kind of saved detector, and how to load it. Add a kind here.
+LOADERS: dict[str, Callable[[Path], Any]] = {
+    "model_index.json": _load_pipeline,
+    "detector_config.json": _load_baseline,
+}
+
+
+def load_detector(model_dir: str | os.PathLike, device: str | None = None):
+    """The detector saved in `model_dir`, on `device` (default: cuda if available, else cpu)."""
+    folder = Path(model_dir)
+    if not folder.is_dir():
+        raise ConfigError(f"model folder {folder} does not exist; pass --model a saved pipeline or detector")
+    for marker, loader in LOADERS.items():
+        if (folder / marker).is_file():
+            detector = loader(folder)
+            break
+    else:
+        raise ConfigError(
+            f"{folder} holds none of {', '.join(LOADERS)}: pass a folder written by "
+            "AnomalyDetectionPipeline.save_pretrained or a baseline's save_pretrained"
+        )
+    import torch
+
+    return detector.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def detector_resolution(detector) -> int:
+    resolution = getattr(detector, "resolution", None)
+    if resolution is None:
+        resolution = dict(getattr(detector, "config", {}) or {}).get("resolution", DEFAULT_RESOLUTION)
+    return int(resolution)
+
+
+def detector_settings(detector, folder: Path) -> dict[str, Any]:
+    """What, besides the data, decides the maps: the detector's class and configuration."""
+    settings: dict[str, Any] = {"model": str(folder.resolve()), "detector": type(detector).__name__}
+    scorer = getattr(detector, "scorer", None)
+    if scorer is not None:  # a pipeline: the scorer holds the detection settings
+        settings["scorer"] = {k: v for k, v in dict(scorer.config).items() if not k.startswith("_")}
+        settings["components"] = {
+            name: type(module).__name__ for name, module in detector.components.items() if module is not None
+        }
+        settings["scheduler"] = {
+            k: v for k, v in dict(detector.scheduler.config).items() if not k.startswith("_")
+        }
+    else:
+        settings["config"] = dict(getattr(detector, "config", {}) or {})
+    return settings
+
+
+def model_for_category(model_dir: Path, category: str) -> Path:
+    """`model_dir/<category>` when it holds a saved detector (one model per category), else `model_dir`."""
+    sub = model_dir / category
+    return sub if sub.is_dir() and any((sub / marker).is_file() for marker in LOADERS) else model_dir
+
+
+def spread(items: list, limit: int | None) -> list:
+    """At most `limit` items, evenly spaced, so every defect type of a sorted list keeps some."""
+    if limit is None or limit >= len(items):
+        return list(items)
+    if limit < 1:
+        raise ConfigError(f"--limit must be at least 1, got {limit}")
+    return [items[i] for i in np.linspace(0, len(items) - 1, limit).round().astype(int)]
+
+
+def prepare_output_dir(output_dir: str | os.PathLike, overwrite: bool) -> Path:
+    """Make OUT, refusing a non-empty folder that an earlier `diffad evaluate` did not make."""
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"--output_dir {out} is a file; choose a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file() and not overwrite:
+        raise OutputExistsError(
+            f"{out} already holds files that diffad evaluate did not write; "
+            "choose an empty or new --output_dir, or pass --overwrite to write beside them"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / MARKER, "written by diffad evaluate; its reruns may replace the outputs here\n")
+    return out
+
+
+def image_generator(seed: int, sample) -> torch.Generator:
+    """A generator for one image, seeded from `seed` and the image's category, defect type and file
+    name: its noise, and so its map, do not depend on which other images run or in what batches."""
+    import torch
+
+    key = f"{seed}/{sample.category}/{sample.defect_type}/{Path(sample.image_path).name}"
+    return torch.Generator().manual_seed(int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little"))
+
+
+def _call(detector, images: list, batch_size: int, generators: list):
+    kwargs: dict[str, Any] = {"output_type": "np", "batch_size": batch_size}
+    if "generator" in inspect.signature(detector.__call__).parameters:
+        kwargs["generator"] = generators
+    return detector(images, **kwargs)
+
+
+def run_category(
+    detector,
+    category: str,
+    samples: list,
+    resolution: int,
+    batch_size: int,
+    seed: int = 0,
+    progress: bool = True,
+) -> CategoryResults:
+    """The detector over `samples` (one category's test images) at `resolution`, one batch at a time."""
+    from tqdm.auto import tqdm
+
+    from diffad.data import AnomalyDataset
+    from diffad.report.panels import to_rgb8
+
+    dataset = AnomalyDataset(samples, resolution, channels=int(getattr(detector, "image_channels", 3)))
+    maps, masks, scores, inputs, reconstructions = [], [], [], [], []
+    seconds = 0.0
+    with tqdm(total=len(dataset), desc=f"evaluate {category}", unit="image", disable=not progress) as bar:
+        for start in range(0, len(dataset), batch_size):
+            items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+            images = [item["image"] for item in items]
+            began = time.perf_counter()
+            generators = [image_generator(seed, samples[start + i]) for i in range(len(items))]
+            output = _call(detector, images, batch_size, generators)
+            seconds += time.perf_counter() - began
+            batch_maps = [np.asarray(m, dtype=np.float32) for m in output.anomaly_maps]
+            for item, amap in zip(items, batch_maps):
+                if amap.shape != tuple(item["mask"].shape[-2:]):
+                    raise DataError(
+                        f"the detector returned a {amap.shape} map for {item['path']} ({resolution} px)"
+                    )
+            maps += batch_maps
+            scores += np.asarray(output.anomaly_scores, dtype=np.float64).reshape(-1).tolist()
+            masks += [item["mask"][0].numpy().astype(np.uint8) for item in items]
+            inputs += [to_rgb8(image) for image in images]
+            if output.reconstructions is not None:
+                reconstructions += [to_rgb8(np.asarray(r)) for r in output.reconstructions]
+            bar.update(len(items))
+    return CategoryResults(
+        category=category,
+        paths=[s.image_path for s in samples],
+        labels=np.array([s.label for s in samples]),
+        defect_types=[s.defect_type for s in samples],
+        scores=np.array(scores),
+        maps=maps,
+        masks=masks,
+        inputs=inputs,
+        reconstructions=reconstructions or None,
+        seconds=seconds,
+    )
+
+
+def evaluate(
+    model: str | os.PathLike,
+    data: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    *,
+    category: str | None = None,
+    resolution: int | None = None,
+    batch_size: int = 8,
+    limit: int | None = None,
+    seed: int = 0,
+    aupro: str = "exact",
+    device: str | None = None,
+    overwrite: bool = False,
+    num_cases: int = 4,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate the detector in `model` on the test split of `data` (every category, or `category`)
+    and write OUT/metrics.json, OUT/scores.csv and OUT/report.html. Returns the metrics document."""
+    import torch
+
+    from diffad import __version__
+    from diffad.data import load_samples
+    from diffad.metrics import AUPRO_MODES
+    from diffad.report.outputs import write_outputs
+
+    if batch_size < 1:
+        raise ConfigError(f"--batch_size must be at least 1, got {batch_size}")
+    if aupro not in AUPRO_MODES:
+        raise ConfigError(f"--aupro must be one of {AUPRO_MODES}, got {aupro!r}")
+    if resolution is not None and resolution < 8:
+        raise ConfigError(f"--resolution must be at least 8, got {resolution}")
+    model_dir = Path(model)
+    samples = load_samples(data, category=category, split="test")
+    if not samples:
+        raise DataError(f"{data} has no test images" + (f" in category {category!r}" if category else ""))
+    out = prepare_output_dir(output_dir, overwrite)
+    loaded: dict[Path, Any] = {}
+    results, detectors = [], {}
+    for name in sorted({s.category for s in samples}):
+        folder = model_for_category(model_dir, name)
+        if folder not in loaded:
+            loaded[folder] = load_detector(folder, device)
+        detector = loaded[folder]
+        size = resolution or detector_resolution(detector)
+        chosen = spread([s for s in samples if s.category == name], limit)
+        results.append(run_category(detector, name, chosen, size, batch_size, seed, progress))
+        detectors[name] = {**detector_settings(detector, folder), "resolution": size}
+    settings = {
+        "data": str(data) if str(data) == "elpv" else str(Path(data).resolve()),
+        "category": category,
+        "split": "test",
+        "limit": limit,
+        "batch_size": batch_size,
+        "seed": seed,
+        "device": str(next(iter(loaded.values())).device),
+        "detectors": detectors,
+        "versions": {"diffad": __version__, "torch": torch.__version__, "python": platform.python_version()},
+    }
+    facts = [f"model: {model_dir.resolve()}", f"data: {settings['data']}"]
+    return write_outputs(out, results, settings, aupro=aupro, num_cases=num_cases, facts=facts)
