@@ -120,6 +120,8 @@ def test_head_shapes_inputs_and_prior():
     assert logits.shape == (2, 1, 19, 26)  # sizes not divisible by 2^levels come back as given
     # the output layer starts at zero weight: every pixel at the prior probability
     np.testing.assert_allclose(head.predict(x, x).numpy(), 0.05, rtol=1e-5)
+    strided = build_segmentation_head("tiny", image_channels=3, input_stride=2)
+    assert strided(x, x).shape == (2, 1, 19, 26)
     bare = SegmentationHead(image_channels=1, residual_inputs=(), block_out_channels=(4,), layers_per_block=1)
     assert bare.in_channels == 2
     with pytest.raises(ConfigError, match="residual input"):
@@ -133,7 +135,7 @@ def test_head_shapes_inputs_and_prior():
 def test_head_residual_channels_are_the_scorers_residuals():
     from diffad.scoring.residuals import pixel_residual, ssim_residual
 
-    head = build_segmentation_head("tiny", image_channels=1)
+    head = build_segmentation_head("tiny", image_channels=1, residual_inputs=("pixel", "ssim"))
     g = torch.Generator().manual_seed(0)
     x, y = torch.rand(2, 1, 16, 16, generator=g), torch.rand(2, 1, 16, 16, generator=g)
     stacked = head.inputs(x, y)

@@ -48,7 +48,17 @@ def add_seg_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g = parser.add_argument_group("segmentation head")
     g.add_argument("--preset", choices=("tiny", "small", "base"), default="small")
     g.add_argument(
-        "--residual_inputs", nargs="*", default=["pixel", "ssim"], help="residual maps the head also reads"
+        "--residual_inputs",
+        nargs="*",
+        default=["pixel"],
+        help="residual maps the head also reads (pixel, ssim)",
+    )
+    g.add_argument(
+        "--head_stride",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        help="2: the head reads half-size inputs (4x cheaper)",
     )
     g.add_argument(
         "--head_fusion",
@@ -257,10 +267,17 @@ def save_head_into_pipeline(model_dir: str | Path, pipe, head) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def head_from_args(args):
+    from diffad.models.segmentation import build_segmentation_head
+
+    return build_segmentation_head(
+        args.preset, args.channels, tuple(args.residual_inputs), args.head_fusion, args.head_stride
+    )
+
+
 def main(args: argparse.Namespace) -> dict:
     """Train stage 3 and save the head into --model (and a copy in --output_dir); returns a summary."""
     from diffad.models.seg_losses import segmentation_loss
-    from diffad.models.segmentation import build_segmentation_head
     from diffad.training.checkpoints import write_final_atomic
 
     check_seg_args(args)
@@ -279,9 +296,7 @@ def main(args: argparse.Namespace) -> dict:
     images = training_images(samples, args.resolution, args.channels, show_progress=main_process).images
     pool = DefectPool(pipe, images, args, show_progress=main_process)
     with seeded(args.seed):
-        head = build_segmentation_head(
-            args.preset, args.channels, tuple(args.residual_inputs), args.head_fusion
-        )
+        head = head_from_args(args)
     logger.info(
         f"{len(samples)} good images, pool of {pool.size} per round, head {args.preset} "
         f"({sum(p.numel() for p in head.parameters()) / 1e6:.2f} M parameters), "
@@ -358,9 +373,7 @@ def main(args: argparse.Namespace) -> dict:
             validate(result.step)
         model = accelerator.unwrap_model(head)
         with ema_weights(model, ema):
-            final = build_segmentation_head(
-                args.preset, args.channels, tuple(args.residual_inputs), args.head_fusion
-            )
+            final = head_from_args(args)
             final.load_state_dict(model.state_dict())
         final.eval()
         write_final_atomic(Path(args.output_dir) / HEAD_NAME, final.save_pretrained, marker="config.json")
