@@ -235,6 +235,7 @@ def synthesize_dataset(
     manifest_path = output_dir / MANIFEST
     manifest = json.loads(manifest_path.read_text())
     if manifest.get("status") == "complete":
+        shutil.rmtree(output_dir / WORK_DIR, ignore_errors=True)  # killed after the manifest, before this
         return manifest
 
     textures = None
