@@ -176,7 +176,7 @@ def autoencoder_loss(
     """
     rec = reconstruction_loss(reconstructions, images, ssim_weight=ssim_weight)
     loss = rec + regularization_weight * regularization
-    logs = {"rec_loss": float(rec), "reg_loss": float(regularization)}
+    logs = {"rec_loss": rec.item(), "reg_loss": regularization.item()}
     if discriminator is not None and step >= disc_start:
         if last_layer is None:
             raise ValueError(
@@ -188,8 +188,8 @@ def autoencoder_loss(
         else:  # evaluation: no graph to measure gradients on
             weight = torch.zeros((), device=rec.device)
         loss = loss + disc_weight * weight * g_loss
-        logs.update(g_loss=float(g_loss), d_weight=float(weight))
-    logs["loss"] = float(loss)
+        logs.update(g_loss=g_loss.item(), d_weight=weight.item())
+    logs["loss"] = loss.item()
     return loss, logs
 
 
@@ -207,8 +207,8 @@ def discriminator_loss(
     factor = 1.0 if step >= disc_start else 0.0
     loss = factor * hinge_d_loss(logits_real, logits_fake)
     logs = {
-        "d_loss": float(loss),
-        "logits_real": float(logits_real.mean()),
-        "logits_fake": float(logits_fake.mean()),
+        "d_loss": loss.item(),
+        "logits_real": logits_real.mean().item(),
+        "logits_fake": logits_fake.mean().item(),
     }
     return loss, logs
