@@ -156,6 +156,17 @@ def test_report_is_one_offline_page(written):
         assert row in page
 
 
+def test_without_masks_pixel_metrics_are_not_computed(tmp_path):
+    r = synthetic("elpv", 3)
+    r = CategoryResults(r.category, r.paths, r.labels, r.defect_types, r.scores, r.maps, None, r.inputs)
+    document = write_outputs(tmp_path, [r], {})
+    assert all(document[k] is None for k in ("pixel_auroc", "pixel_ap", "pixel_f1_max", "aupro"))
+    assert document["mad_of"] == ["image_auroc", "image_ap", "image_f1_max"]
+    assert document["per_defect"]["crack"]["aupro"] is None
+    page = (tmp_path / "report.html").read_text()
+    assert "ground truth" not in page and page.count("data:image/png;base64,") == 2 + 8 * 2
+
+
 def test_select_cases_takes_both_classes_without_repeats():
     r = synthetic("x", 2)
     r.scores = np.array([0.1, 0.5, 0.2, 0.9, 0.3, 0.8, 0.3, 0.95, 0.6, 0.7])

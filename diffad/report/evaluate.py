@@ -203,7 +203,7 @@ def run_category(
         defect_types=[s.defect_type for s in samples],
         scores=np.array(scores),
         maps=maps,
-        masks=masks,
+        masks=masks if any(s.mask_path for s in samples) else None,
         inputs=inputs,
         reconstructions=reconstructions or None,
         seconds=seconds,

@@ -75,7 +75,9 @@ def _tiles(results: CategoryResults, index: int, colour_range: tuple[float, floa
     tiles = [image] if image is not None else []
     if results.reconstructions is not None:
         tiles.append(to_rgb8(results.reconstructions[index]))
-    tiles += [heat, mask_to_rgb8(results.masks[index])]
+    tiles.append(heat)
+    if results.has_masks:
+        tiles.append(mask_to_rgb8(results.masks[index]))
     height = min(TILE_SIZE, heat.shape[0])
     shrunk = [resize_rgb(t, (height, round(t.shape[1] * height / t.shape[0]))) for t in tiles]
     return [png_bytes(t) for t in shrunk]
@@ -85,7 +87,8 @@ def _section(results: CategoryResults, summary: CategorySummary, num_cases: int)
     columns = (["input"] if results.inputs is not None else []) + (
         ["reconstruction"] if results.reconstructions is not None else []
     )
-    columns += ["anomaly map" + (" over input" if results.inputs is not None else ""), "ground truth"]
+    columns.append("anomaly map" + (" over input" if results.inputs is not None else ""))
+    columns += ["ground truth"] if results.has_masks else []
     best, worst = select_cases(results, summary.threshold, num_cases)
 
     def case(i: int) -> Case:

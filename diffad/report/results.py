@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from diffad.errors import DataError
-from diffad.metrics import METRIC_KEYS, PooledPixels, image_metrics, pixel_metrics, with_mean
+from diffad.metrics import METRIC_KEYS, PIXEL_KEYS, PooledPixels, image_metrics, pixel_metrics, with_mean
 from diffad.metrics.compute import image_scores_and_labels, maps_and_masks
 from diffad.metrics.ranking import f1_best_threshold, roc_points
 
@@ -18,6 +18,7 @@ from diffad.metrics.ranking import f1_best_threshold, roc_points
 class CategoryResults:
     """What a detector produced on the test images of one category, one entry per image.
 
+    `masks` None: the dataset has no masks; pixel metrics are then not computed (None), not NaN.
     `inputs` and `reconstructions` are only needed for the report's panels: anything `to_rgb8`
     reads (uint8 (H, W, 3) keeps memory low); None where a detector reconstructs nothing."""
 
@@ -31,6 +32,7 @@ class CategoryResults:
     inputs: list | None = None
     reconstructions: list | None = None
     seconds: float | None = None  # detection time, all images
+    has_masks: bool = field(init=False, default=True)
 
     def __post_init__(self):
         self.scores, self.labels = image_scores_and_labels(self.scores, self.labels)
@@ -39,6 +41,9 @@ class CategoryResults:
             raise DataError(
                 f"{self.category}: {n} scores but {len(self.paths)} paths and {len(self.defect_types)} defect types"
             )
+        self.has_masks = self.masks is not None
+        if not self.has_masks:
+            self.masks = [np.zeros(np.shape(m)[-2:], dtype=np.uint8) for m in self.maps]
         self.maps, self.masks = maps_and_masks(self.maps, self.masks, n)
         for name in ("inputs", "reconstructions"):
             items = getattr(self, name)
@@ -61,7 +66,7 @@ class CategorySummary:
 
 def _pixel_part(results: CategoryResults, index: np.ndarray, aupro: str) -> tuple[PooledPixels, dict]:
     pixels = PooledPixels.from_maps([results.maps[i] for i in index], [results.masks[i] for i in index])
-    return pixels, pixel_metrics(pixels, aupro)
+    return pixels, pixel_metrics(pixels, aupro) if results.has_masks else dict.fromkeys(PIXEL_KEYS)
 
 
 def summarize(results: CategoryResults, aupro: str = "exact") -> CategorySummary:
@@ -80,7 +85,7 @@ def summarize(results: CategoryResults, aupro: str = "exact") -> CategorySummary
             {**image_metrics(results.scores[chosen], results.labels[chosen]), **values}
         )
     neg, pos = np.sort(results.scores[results.labels == 0]), np.sort(results.scores[results.labels == 1])
-    has_masks = len(pixels.defect) > 0
+    has_masks = results.has_masks and len(pixels.defect) > 0
     return CategorySummary(
         category=results.category,
         metrics=metrics,
