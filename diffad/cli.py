@@ -16,6 +16,7 @@ COMMAND_MODULES: list[str] = [
     "diffad.scoring.detect_cli",
     "diffad.synthesis.cli",
     "diffad.report.cli",
+    "diffad.training.cli",
 ]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -37,6 +38,7 @@ def make_accelerator(args) -> Accelerator:
     )
     try:
         accelerator = Accelerator(
+            cpu=_cpu_only_launch(),
             gradient_accumulation_plugin=plugin,
             mixed_precision=args.mixed_precision,
             log_with=None if args.report_to == "none" else args.report_to,
@@ -51,6 +53,14 @@ def make_accelerator(args) -> Accelerator:
         main_process_only=False,
     )
     return accelerator
+
+
+def _cpu_only_launch() -> bool:
+    """torchrun on a machine without an accelerator: accelerate needs `cpu=True` to pick gloo DDP."""
+    has_accelerator = (
+        torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
+    )
+    return "LOCAL_RANK" in os.environ and not has_accelerator
 
 
 def reset_accelerate_state() -> None:
@@ -87,9 +97,10 @@ def make_lr_scheduler(accelerator: Accelerator, optimizer, args):
 class Deadline:
     """A wall-clock budget all ranks agree on: the main process decides, everyone stops together."""
 
-    def __init__(self, accelerator: Accelerator, minutes: float | None):
+    def __init__(self, accelerator: Accelerator, minutes: float | None, started: float | None = None):
         self.accelerator = accelerator
-        self.end = None if minutes is None else time.monotonic() + 60.0 * minutes
+        start = time.monotonic() if started is None else started
+        self.end = None if minutes is None else start + 60.0 * minutes
 
     def passed(self) -> bool:
         if self.end is None:

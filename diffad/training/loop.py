@@ -26,6 +26,18 @@ class LoopResult:
     def steps_per_second(self) -> float:
         return (self.step - self.start_step) / self.seconds if self.seconds > 0 else 0.0
 
+    def summary(self, stage: str) -> dict:
+        """What a stage's main() returns (and `diffad fit` reports): steps, speed, last losses."""
+        return {
+            "stage": stage,
+            "start_step": self.start_step,
+            "steps": self.step,
+            "seconds": round(self.seconds, 3),
+            "steps_per_second": self.steps_per_second,
+            "stopped_for_time": self.stopped_for_time,
+            **self.last_logs,
+        }
+
 
 def run_steps(
     accelerator,
@@ -36,14 +48,16 @@ def run_steps(
     save_checkpoint: Callable[[int], None],
     validate: Callable[[int], None],
     desc: str,
+    started: float | None = None,
 ) -> LoopResult:
     """Call `train_step(step)` (one optimizer step, all micro-batches) until --max_train_steps.
 
-    After step s (1-based count `done`): log, write a panel every --validation_steps, a checkpoint
+    After each step: log, write a panel every --validation_steps (and at the end), a checkpoint
     every --checkpointing_steps. When --max_minutes runs out every rank stops at the same step and
     a checkpoint is written, so the run can be continued with --resume_from_checkpoint latest.
+    The budget counts from `started` (time.monotonic() when the stage began; default: now).
     """
-    deadline = Deadline(accelerator, args.max_minutes)
+    deadline = Deadline(accelerator, args.max_minutes, started)
     bar = tqdm(
         total=args.max_train_steps,
         initial=start_step,
@@ -68,4 +82,6 @@ def run_steps(
             logger.info(f"--max_minutes {args.max_minutes} reached at step {step}: stopping")
             break
     bar.close()
+    if args.validation_steps and step > start_step and step % args.validation_steps:
+        validate(step)  # a panel of the final weights too
     return LoopResult(start_step, step, time.perf_counter() - t0, late, logs)

@@ -19,6 +19,7 @@ from diffad.training.checkpoints import (
     write_json_atomic,
 )
 from diffad.training.ema import load_ema, save_ema
+from diffad.training.loop import LoopResult, run_steps
 
 logger = get_logger("diffad.training")
 
@@ -82,3 +83,35 @@ def checkpoint_writer(accelerator, args, ema=None):
 
 def panel_path(args, step: int) -> Path:
     return Path(args.output_dir) / "samples" / f"step-{step:06d}.png"
+
+
+def train_and_save(
+    accelerator,
+    args,
+    *,
+    name: str,
+    start_step: int,
+    started: float,
+    train_step,
+    validate,
+    save_final,
+    ema=None,
+) -> dict:
+    """Run the step loop, then `save_final()` on the main process; returns the stage's summary."""
+    result: LoopResult = run_steps(
+        accelerator,
+        args,
+        start_step=start_step,
+        train_step=train_step,
+        save_checkpoint=checkpoint_writer(accelerator, args, ema),
+        validate=validate,
+        started=started,
+        desc=f"train_{name}",
+    )
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        save_final()
+        logger.info(f"saved the {name} stage's result to {args.output_dir}")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return result.summary(name)

@@ -9,6 +9,7 @@ the UNet denoises the images themselves, as AnoDDPM does.
 from __future__ import annotations
 
 import argparse
+import time
 
 import torch
 import torch.nn.functional as F
@@ -19,18 +20,11 @@ from diffad.training.accelerate_setup import make_lr_scheduler, seeded
 from diffad.training.args import add_data_args, add_training_args, check_resolution
 from diffad.training.data import good_training_samples, load_images, training_images, validation_samples
 from diffad.training.ema import ema_weights, make_ema
-from diffad.training.latents import encode, encode_all, load_autoencoder, scaling_factor
-from diffad.training.loop import run_steps
+from diffad.training.latents import encode_all, load_autoencoder, scaling_factor
 from diffad.training.order import BatchOrder, generator_for, global_randint, rank_rows
-from diffad.training.panels import error_rows, save_panel
-from diffad.training.pipeline_folder import PIPELINE_ENTRIES, write_detection_pipeline
-from diffad.training.stage import (
-    checkpoint_writer,
-    make_optimizer,
-    panel_path,
-    resume_stage,
-    start_stage,
-)
+from diffad.training.panels import error_rows, save_panel, to_uint8
+from diffad.training.pipeline_folder import PIPELINE_ENTRIES, detection_pipeline, write_detection_pipeline
+from diffad.training.stage import make_optimizer, panel_path, resume_stage, start_stage, train_and_save
 
 logger = get_logger("diffad.training")
 
@@ -97,22 +91,6 @@ def draw_noise(kind: str, local_shape, generator, accelerator) -> torch.Tensor:
     )
 
 
-@torch.no_grad()
-def reconstruct(vae, unet, scheduler, images, *, strength, steps, noise, seed, scale) -> torch.Tensor:
-    """Noise the images `strength` of the way and denoise them back (DDIM): the detector's core."""
-    from diffad.noise import sample_noise
-    from diffad.schedulers import partial_timesteps
-
-    z = (images if vae is None else encode(vae, images)) * scale
-    _, timesteps = partial_timesteps(scheduler, strength, steps)
-    eps = sample_noise(noise, tuple(z.shape), generator=generator_for(seed, "validation-noise")).to(z)
-    z = scheduler.add_noise(z, eps, timesteps[:1].to(z.device))
-    for t in timesteps:
-        z = scheduler.step(unet(z, t).sample, t, z).prev_sample
-    z = z / scale
-    return z if vae is None else vae.decode(z).sample
-
-
 def main(args: argparse.Namespace) -> dict:
     """Train stage 2 and write the detection pipeline into --output_dir; returns a summary."""
     from diffusers import DDPMScheduler
@@ -122,6 +100,7 @@ def main(args: argparse.Namespace) -> dict:
     from diffad.scoring.scorer import AnomalyScorer
 
     check_unet_args(args)
+    started = time.monotonic()
     accelerator = start_stage(args, name="train_unet", model_entries=PIPELINE_ENTRIES)
     device, main_process = accelerator.device, accelerator.is_main_process
     vae = None if args.pixel_space else load_autoencoder(args.vae).to(device)
@@ -160,6 +139,7 @@ def main(args: argparse.Namespace) -> dict:
     )
 
     noise_scheduler = DDPMScheduler(**scheduler_config(args))
+    scorer = AnomalyScorer(resolution=args.resolution, noise=args.noise)
     max_t = args.max_timestep or args.num_train_timesteps
     optimizer = make_optimizer(unet.parameters(), args)
     lr_scheduler = make_lr_scheduler(accelerator, optimizer, args)
@@ -214,40 +194,29 @@ def main(args: argparse.Namespace) -> dict:
         if not main_process or not len(val_images):
             return
         model = accelerator.unwrap_model(unet)
-        val_scheduler = NoiseDDIMScheduler.from_config(noise_scheduler.config)
         with ema_weights(model, ema):
             model.eval()
-            out = reconstruct(
-                vae,
-                model,
-                val_scheduler,
+            pipe = detection_pipeline(
+                vae=vae,
+                unet=model,
+                scheduler=NoiseDDIMScheduler.from_config(noise_scheduler.config),
+                scorer=scorer,
+            )
+            pipe.set_progress_bar_config(disable=True)
+            out = pipe(
                 val_images,
                 strength=args.validation_strength,
-                steps=args.validation_inference_steps,
-                noise=args.noise,
-                seed=args.seed,
-                scale=scale,
+                num_inference_steps=args.validation_inference_steps,
+                generator=generator_for(args.seed, "validation"),
+                output_type="pt",
             )
             model.train()
-        save_panel(error_rows(val_images, out.clamp(-1, 1)), panel_path(args, step))
+        rows = error_rows(val_images, out.reconstructions.to(val_images) * 2 - 1)
+        maps = out.anomaly_maps[:, None]
+        rows["anomaly map"] = to_uint8(maps / maps.amax().clamp_min(1e-6), (0.0, 1.0))
+        save_panel(rows, panel_path(args, step))
 
-    result = run_steps(
-        accelerator,
-        args,
-        start_step=start_step,
-        train_step=train_step,
-        save_checkpoint=checkpoint_writer(accelerator, args, ema),
-        validate=validate,
-        desc="train_unet",
-    )
-    accelerator.wait_for_everyone()
-    if main_process:
-        if (
-            result.step >= args.max_train_steps
-            and args.validation_steps
-            and result.step % args.validation_steps
-        ):
-            validate(result.step)
+    def save_final() -> None:
         model = accelerator.unwrap_model(unet)
         with ema_weights(model, ema):
             write_detection_pipeline(
@@ -255,14 +224,17 @@ def main(args: argparse.Namespace) -> dict:
                 vae=vae,
                 unet=model,
                 scheduler=NoiseDDIMScheduler.from_config(noise_scheduler.config),
-                scorer=AnomalyScorer(resolution=args.resolution, noise=args.noise),
+                scorer=scorer,
             )
-        logger.info(f"saved the detection pipeline to {args.output_dir}")
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return {
-        "stage": "unet",
-        "steps": result.step,
-        "steps_per_second": result.steps_per_second,
-        **result.last_logs,
-    }
+
+    return train_and_save(
+        accelerator,
+        args,
+        name="unet",
+        start_step=start_step,
+        started=started,
+        train_step=train_step,
+        validate=validate,
+        save_final=save_final,
+        ema=ema,
+    )

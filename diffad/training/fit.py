@@ -1,0 +1,241 @@
+"""`diffad fit`: the one training command: the autoencoder, then the diffusion UNet, into one folder.
+
+OUT/autoencoder/ holds stage 1 (its checkpoints, panels and the trained autoencoder); OUT itself
+becomes the detection pipeline (vae, unet, scheduler, scorer, model_index.json) with stage 2's
+checkpoints and panels beside it. `--method padim|patchcore` fits a feature-based reference
+detector instead. A rerun with --resume continues a stopped fit (a finished stage is skipped).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import time
+from pathlib import Path
+
+from diffad.errors import ConfigError, OutputExistsError
+
+# Without steps or a time budget, a fit stops after this many minutes or the default steps,
+# whichever comes first: about right for the small preset at 128-256 px on a few CPU cores.
+DEFAULT_MINUTES = 25.0
+DEFAULT_VAE_STEPS = 3000
+DEFAULT_UNET_STEPS = 6000
+VAE_SHARE = 0.4  # of the time budget; stage 2 gets what stage 1 leaves
+HEAD_SHARE = 0.25  # of the time budget, taken first, when --with_head
+MARGIN = 0.95  # of the budget the stages may use; the rest covers start-up and the final saves
+
+
+def add_fit_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument(
+        "--data", required=True, help="dataset folder (MVTec AD, VisA, Real-IAD, plain folder) or 'elpv'"
+    )
+    p.add_argument("--category", default=None, help="category inside --data (needed when it holds several)")
+    p.add_argument("--output_dir", required=True, help="the detection pipeline folder to write")
+    p.add_argument("--resolution", type=int, default=256)
+    p.add_argument("--channels", type=int, choices=(1, 3), default=3)
+    p.add_argument("--preset", choices=("tiny", "small", "base"), default="small")
+    p.add_argument("--method", choices=("diffusion", "padim", "patchcore"), default="diffusion")
+    p.add_argument("--model_type", choices=("kl", "vq"), default="kl")
+    p.add_argument("--noise", choices=("simplex", "gaussian"), default="simplex")
+    p.add_argument("--max_timestep", type=int, default=500, help="train the UNet on timesteps below this")
+    p.add_argument("--vae_steps", type=int, default=None, help=f"stage 1 steps (default {DEFAULT_VAE_STEPS})")
+    p.add_argument(
+        "--unet_steps", type=int, default=None, help=f"stage 2 steps (default {DEFAULT_UNET_STEPS})"
+    )
+    p.add_argument(
+        "--max_minutes",
+        type=float,
+        default=None,
+        help=f"time budget for all stages (default: {DEFAULT_MINUTES:g} when no steps are given)",
+    )
+    p.add_argument("--vae_batch_size", type=int, default=4)
+    p.add_argument("--unet_batch_size", type=int, default=8)
+    p.add_argument("--vae_learning_rate", type=float, default=3e-4)
+    p.add_argument("--unet_learning_rate", type=float, default=3e-4)
+    p.add_argument(
+        "--disc_start", type=int, default=None, help="stage 1 discriminator from this step (default: none)"
+    )
+    p.add_argument("--use_ema", action="store_true")
+    p.add_argument(
+        "--with_head", action="store_true", help="also train a segmentation head on synthetic defects"
+    )
+    p.add_argument("--head_steps", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default="no")
+    p.add_argument("--report_to", choices=("tensorboard", "none"), default="none")
+    p.add_argument("--checkpointing_steps", type=int, default=500)
+    p.add_argument("--validation_steps", type=int, default=500)
+    p.add_argument("--resume", action="store_true", help="continue a stopped fit in --output_dir")
+    p.add_argument("--overwrite_output_dir", action="store_true")
+    return p
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "fit",
+        help="train a detector on good images (autoencoder, then diffusion UNet)",
+        description="Train an anomaly detector on the good training images of a dataset: stage 1 the "
+        "autoencoder (train_vae.py), stage 2 the diffusion UNet (train_unet.py), into one pipeline "
+        "folder for `diffad detect`. Give steps per stage, or a time budget for the whole fit.",
+    )
+    add_fit_args(p)
+    p.set_defaults(func=run_fit)
+
+
+def _budget(args) -> float | None:
+    if args.max_minutes is not None:
+        if args.max_minutes <= 0:
+            raise ConfigError(f"--max_minutes must be positive, not {args.max_minutes}")
+        return args.max_minutes
+    return DEFAULT_MINUTES if args.vae_steps is None and args.unet_steps is None else None
+
+
+def _check_output(args, out: Path) -> None:
+    if args.resume or args.overwrite_output_dir or not out.is_dir() or not any(out.iterdir()):
+        return
+    raise OutputExistsError(
+        f"--output_dir {out} already holds files; pass --resume to continue the fit that wrote them, "
+        "--overwrite_output_dir to start again there, or choose a new folder."
+    )
+
+
+def _common(args, output_dir: Path, resume: bool) -> list[str]:
+    argv = [
+        "--data", args.data,
+        "--resolution", str(args.resolution),
+        "--channels", str(args.channels),
+        "--output_dir", str(output_dir),
+        "--seed", str(args.seed),
+        "--mixed_precision", args.mixed_precision,
+        "--report_to", args.report_to,
+        "--checkpointing_steps", str(args.checkpointing_steps),
+        "--validation_steps", str(args.validation_steps),
+        "--lr_scheduler", "constant_with_warmup",
+        "--lr_warmup_steps", "20",
+    ]  # fmt: skip
+    if args.category:
+        argv += ["--category", args.category]
+    if resume:
+        argv += ["--resume_from_checkpoint", "latest"]
+    elif args.overwrite_output_dir:
+        argv += ["--overwrite_output_dir"]
+    if args.use_ema:
+        argv += ["--use_ema"]
+    return argv
+
+
+def _minutes(deadline: float | None, share: float) -> list[str]:
+    if deadline is None:
+        return []
+    left = (deadline - time.monotonic()) / 60.0
+    if left <= 0.05:
+        raise ConfigError("the --max_minutes budget ran out before this stage could start; give more minutes")
+    return ["--max_minutes", f"{left * share:.4f}"]
+
+
+def _run_stage(module, argv: list[str]) -> dict:
+    from diffad.training.accelerate_setup import reset_accelerate_state
+
+    try:
+        return module.main(module.parse_args(argv))
+    finally:
+        reset_accelerate_state()
+
+
+def run_fit(args: argparse.Namespace) -> int:
+    out = Path(args.output_dir)
+    if args.method != "diffusion":
+        return _fit_baseline(args, out)
+    if args.with_head and importlib.util.find_spec("diffad.training.seg_stage") is None:
+        raise ConfigError("--with_head: the segmentation-head stage is not available yet in this version")
+    _check_output(args, out)
+    from diffad.training import unet_stage, vae_stage
+    from diffad.training.checkpoints import FIT_AUTOENCODER_DIR, FIT_SUMMARY, write_json_atomic
+
+    budget = _budget(args)
+    deadline = None if budget is None else time.monotonic() + 60.0 * budget * MARGIN
+    stage_share = 1.0 - HEAD_SHARE if args.with_head else 1.0
+    summaries = []
+
+    vae_dir = out / FIT_AUTOENCODER_DIR
+    if args.resume and (vae_dir / "config.json").is_file():
+        print(f"diffad fit: stage 1 already done ({vae_dir}); going on to stage 2")
+    else:
+        argv = _common(args, vae_dir, args.resume) + [
+            "--preset", args.preset,
+            "--model_type", args.model_type,
+            "--train_batch_size", str(args.vae_batch_size),
+            "--learning_rate", str(args.vae_learning_rate),
+            "--random_flip",
+        ]  # fmt: skip
+        argv += ["--max_train_steps", str(args.vae_steps or DEFAULT_VAE_STEPS)]
+        if args.disc_start is not None:
+            argv += ["--disc_start", str(args.disc_start)]
+        argv += _minutes(deadline, VAE_SHARE * stage_share)
+        summaries.append(_run_stage(vae_stage, argv))
+
+    # Stage 2 writes into OUT, where stage 1's folder already is: it continues ("latest", a fresh
+    # start when there is no checkpoint) unless told to overwrite, which drops old checkpoints only.
+    argv = _common(args, out, resume=not args.overwrite_output_dir) + [
+        "--vae", str(vae_dir),
+        "--preset", args.preset,
+        "--noise", args.noise,
+        "--max_timestep", str(args.max_timestep),
+        "--train_batch_size", str(args.unet_batch_size),
+        "--learning_rate", str(args.unet_learning_rate),
+        "--max_train_steps", str(args.unet_steps or DEFAULT_UNET_STEPS),
+    ]  # fmt: skip
+    argv += _minutes(deadline, stage_share)
+    summaries.append(_run_stage(unet_stage, argv))
+
+    if args.with_head:
+        summaries.append(_fit_head(args, out, deadline))
+    write_json_atomic(out / FIT_SUMMARY, {"stages": summaries, "budget_minutes": budget})
+    for s in summaries:
+        losses = ", ".join(f"{k} {v:.4g}" for k, v in s.items() if k.endswith("loss"))
+        print(f"diffad fit: {s['stage']}: {s['steps']} steps, {s['steps_per_second']:.3f} steps/s, {losses}")
+    print(f"diffad fit: detection pipeline written to {out}")
+    return 0
+
+
+def _fit_head(args, out: Path, deadline: float | None) -> dict:
+    from diffad.training import seg_stage
+
+    argv = [
+        "--model", str(out),
+        "--data", args.data,
+        "--output_dir", str(out / "segmentation_training"),
+        "--preset", args.preset,
+        "--seed", str(args.seed),
+        "--mixed_precision", args.mixed_precision,
+        "--report_to", args.report_to,
+    ]  # fmt: skip
+    if args.category:
+        argv += ["--category", args.category]
+    if args.head_steps:
+        argv += ["--max_train_steps", str(args.head_steps)]
+    if args.resume:
+        argv += ["--resume_from_checkpoint", "latest"]
+    argv += _minutes(deadline, 1.0)
+    summary = _run_stage(seg_stage, argv)
+    return {"stage": "head", **summary} if "stage" not in summary else summary
+
+
+def _fit_baseline(args, out: Path) -> int:
+    try:
+        from diffad.baselines.fit import fit_baseline
+    except ModuleNotFoundError as err:
+        raise ConfigError(
+            f"--method {args.method}: the reference detectors are not available ({err})"
+        ) from err
+    fit_baseline(
+        args.method,
+        args.data,
+        args.category,
+        out,
+        args.resolution,
+        seed=args.seed,
+        overwrite=args.overwrite_output_dir,
+    )
+    print(f"diffad fit: {args.method} detector written to {out}")
+    return 0
