@@ -204,3 +204,15 @@ def test_bad_inputs_raise_clear_errors():
         compute_metrics(scores, labels, maps)
     with pytest.raises(ConfigError, match="aupro must be one of"):
         compute_metrics(scores, labels, maps, masks, aupro="fast")
+
+
+def test_drawn_curves_integrate_to_the_metrics():
+    from diffad.metrics import PooledPixels
+
+    maps, masks, _, _ = random_set(11, n=6, size=12, ties=True)
+    pixels = PooledPixels.from_maps(list(maps), list(masks))
+    fpr, pro = pixels.pro_points()
+    assert fpr[-1] == pytest.approx(0.3) and np.all(np.diff(fpr) >= 0)
+    assert np.trapezoid(pro, fpr) / 0.3 == pytest.approx(pixels.aupro(), abs=1e-12)
+    fpr, tpr = pixels.roc_points(max_points=10_000)  # few enough scores: every threshold is kept
+    assert np.trapezoid(tpr, fpr) == pytest.approx(roc_auc_score(masks.ravel(), maps.ravel()), abs=1e-12)
