@@ -1,1 +1,7 @@
 """Reference detectors on pretrained features: PaDiM and PatchCore."""
+
+from diffad.baselines.common import AnomalyDetectionOutput
+from diffad.baselines.padim import PaDiM
+from diffad.baselines.patchcore import PatchCore, greedy_coreset
+
+__all__ = ["AnomalyDetectionOutput", "PaDiM", "PatchCore", "greedy_coreset"]

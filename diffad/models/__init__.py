@@ -1,5 +1,6 @@
 """Presets and losses around diffusers' AutoencoderKL, VQModel and UNet2DModel, and the networks diffad adds."""
 
+from diffad.models.efficientnet import EfficientNetLiteFeatures as EfficientNetLiteFeatures
 from diffad.models.losses import PatchDiscriminator
 from diffad.models.presets import (
     MODEL_TYPES,

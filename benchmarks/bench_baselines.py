@@ -1,0 +1,130 @@
+"""Quality and CPU speed of the reference detectors (PaDiM, PatchCore) on EfficientNet-Lite0 features.
+
+    nice -n 10 python benchmarks/bench_baselines.py --data /work/shared/data/dagm_class1 --threads 2
+    nice -n 10 python benchmarks/bench_baselines.py --data elpv --category mono --threads 2
+
+Fits each detector on the good training images, scores the test split, prints a Markdown table (image
+AUROC, pixel AUROC, AUPRO, ms per test image) and, with --json, writes the rows. `--set` overrides a
+detector option, e.g. `--set patchcore.border_pad=0 --set patchcore.score_border=16`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from diffad.baselines import PaDiM, PatchCore
+from diffad.data import load_pair, load_samples
+from diffad.models.efficientnet import EfficientNetLiteFeatures
+
+METHODS = {"padim": PaDiM, "patchcore": PatchCore}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="dataset folder, or 'elpv'")
+    p.add_argument("--category", default=None)
+    p.add_argument("--resolution", type=int, default=256)
+    p.add_argument("--channels", type=int, default=1, choices=(1, 3))
+    p.add_argument("--methods", default="extractor,padim,patchcore")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--max_train", type=int, default=0, help="use only the first N good training images")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE")
+    p.add_argument("--json", default=None, help="write the rows here")
+    return p.parse_args(argv)
+
+
+def overrides(items: list[str]) -> dict[str, dict]:
+    out: dict[str, dict] = {name: {} for name in METHODS}
+    for item in items:
+        key, value = item.split("=", 1)
+        method, option = key.split(".", 1)
+        out[method][option] = json.loads(value)
+    return out
+
+
+def load_split(samples, split: str, resolution: int, channels: int):
+    chosen = [s for s in samples if s.split == split]
+    images, masks = [], []
+    for s in tqdm(chosen, desc=f"load {split}", leave=False):
+        image, mask = load_pair(s.image_path, s.mask_path, channels=channels, size=resolution)
+        images.append(image)
+        masks.append(mask[0])
+    labels = np.array([s.label for s in chosen])
+    has_masks = any(s.mask_path for s in chosen)
+    return torch.stack(images), (torch.stack(masks).numpy() if has_masks else None), labels
+
+
+def evaluate(scores, labels, maps=None, masks=None) -> dict:
+    from diffad.metrics import compute_metrics
+
+    return compute_metrics(scores, labels, maps, masks)
+
+
+def timed_call(detector, images, batch_size: int):
+    start = time.perf_counter()
+    out = detector(images, output_type="np", batch_size=batch_size)
+    return out, 1000 * (time.perf_counter() - start) / len(images)
+
+
+def main(args) -> list[dict]:
+    torch.set_num_threads(args.threads)
+    samples = load_samples(args.data, category=args.category)
+    train, _, _ = load_split(samples, "train", args.resolution, args.channels)
+    if args.max_train:
+        train = train[: args.max_train]
+    test, masks, labels = load_split(samples, "test", args.resolution, args.channels)
+    extractor = EfficientNetLiteFeatures.from_wheel("lite0")
+    options = overrides(args.set)
+    rows = []
+    for method in args.methods.split(","):
+        if method == "extractor":
+            start = time.perf_counter()
+            with torch.no_grad():
+                for i in range(0, len(test), args.batch_size):
+                    extractor(test[i : i + args.batch_size])
+            ms = 1000 * (time.perf_counter() - start) / len(test)
+            rows.append({"method": "extractor (Lite0, stages 2+4)", "ms_per_image": ms})
+            continue
+        detector = METHODS[method](extractor, resolution=args.resolution, **options[method])
+        start = time.perf_counter()
+        detector.fit([train], generator=torch.Generator().manual_seed(args.seed), batch_size=args.batch_size)
+        fit_s = time.perf_counter() - start
+        out, ms = timed_call(detector, test, args.batch_size)
+        metrics = evaluate(out.anomaly_scores, labels, out.anomaly_maps if masks is not None else None, masks)
+        name = method + "".join(f" {k}={v}" for k, v in options[method].items())
+        rows.append(
+            {"method": name, **metrics, "ms_per_image": ms, "fit_s": fit_s, "train_images": len(train)}
+        )
+    print_table(rows, args)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+    return rows
+
+
+def print_table(rows: list[dict], args) -> None:
+    print(f"\n{args.data} {args.category or ''} at {args.resolution} px, {args.threads} CPU thread(s)\n")
+    print("| method | image AUROC | pixel AUROC | AUPRO | ms / image | fit s |")
+    print("|---|---|---|---|---|---|")
+
+    def fmt(row, key, pattern="{:.3f}"):
+        value = row.get(key)
+        return "–" if value is None or value != value else pattern.format(value)
+
+    for r in rows:
+        print(
+            f"| {r['method']} | {fmt(r, 'image_auroc')} | {fmt(r, 'pixel_auroc')} | {fmt(r, 'aupro')} "
+            f"| {fmt(r, 'ms_per_image', '{:.0f}')} | {fmt(r, 'fit_s', '{:.0f}')} |"
+        )
+
+
+if __name__ == "__main__":
+    main(parse_args())
