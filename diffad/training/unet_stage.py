@@ -93,7 +93,7 @@ def draw_noise(kind: str, local_shape, generator, accelerator) -> torch.Tensor:
 
 def main(args: argparse.Namespace) -> dict:
     """Train stage 2 and write the detection pipeline into --output_dir; returns a summary."""
-    from diffusers import DDPMScheduler
+    from diffusers import DDIMScheduler, DDPMScheduler
 
     from diffad.models import build_unet, downsample_factor, latent_channels
     from diffad.schedulers import NoiseDDIMScheduler
@@ -219,11 +219,14 @@ def main(args: argparse.Namespace) -> dict:
     def save_final() -> None:
         model = accelerator.unwrap_model(unet)
         with ema_weights(model, ema):
+            # diffusers' own DDIMScheduler class: the pipeline steps with a Noise* scheduler built from
+            # this config anyway, and diffusers cannot yet reload diffad.schedulers' classes from
+            # model_index.json (their module lacks the SchedulerMixin name it looks up).
             write_detection_pipeline(
                 args.output_dir,
                 vae=vae,
                 unet=model,
-                scheduler=NoiseDDIMScheduler.from_config(noise_scheduler.config),
+                scheduler=DDIMScheduler.from_config(noise_scheduler.config),
                 scorer=scorer,
             )
 

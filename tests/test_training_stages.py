@@ -1,0 +1,186 @@
+"""The stages in-process, tiny: what they write, the time budget, `diffad fit`, and every bad input."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from data_trees import make_mvtec_tree
+
+from diffad.errors import ConfigError, DataError, OutputExistsError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_mvtec_tree(tmp_path_factory.mktemp("data"), size=32, n_train=6, n_defect=2)
+
+
+@pytest.fixture(scope="module")
+def vae_dir(tmp_path_factory):
+    from diffad.models import build_autoencoder
+
+    folder = tmp_path_factory.mktemp("vae")
+    torch.manual_seed(0)
+    build_autoencoder("tiny", "kl").save_pretrained(folder)
+    return folder
+
+
+def run(module_name, argv):
+    import importlib
+
+    from diffad.training.accelerate_setup import reset_accelerate_state
+
+    module = importlib.import_module(f"diffad.training.{module_name}")
+    try:
+        return module.main(module.parse_args([str(a) for a in argv]))
+    finally:
+        reset_accelerate_state()
+
+
+def tiny(data, out, *extra):
+    return ["--data", data, "--output_dir", out, "--preset", "tiny", "--resolution", 16,
+            "--train_batch_size", 2, "--checkpointing_steps", 0, "--validation_steps", 0, *extra]  # fmt: skip
+
+
+def test_unet_stage_writes_a_pipeline_that_loads_and_detects(data, vae_dir, tmp_path):
+    from diffusers import AutoencoderKL
+
+    from diffad import AnomalyDetectionPipeline
+    from diffad.data import AnomalyDataset, load_samples
+
+    out = tmp_path / "pipe"
+    run("unet_stage", tiny(data, out, "--vae", vae_dir, "--max_train_steps", 2, "--validation_steps", 2))
+    assert sorted(p.name for p in out.iterdir()) == [
+        "model_index.json", "samples", "scheduler", "scorer", "training_args.json", "unet", "vae",
+    ]  # fmt: skip
+    assert (out / "samples" / "step-000002.png").is_file()
+
+    # LDM's scale: 1 / std of the posterior means of the training images, stored in the vae config.
+    vae = AutoencoderKL.from_pretrained(vae_dir)
+    train = [s for s in load_samples(data, split="train") if s.label == 0]
+    images = torch.stack([item["image"] for item in AnomalyDataset(train, 16)])
+    with torch.no_grad():
+        expected = 1.0 / float(vae.encode(images).latent_dist.mean.std())
+    assert json.loads((out / "vae" / "config.json").read_text())["scaling_factor"] == pytest.approx(
+        expected, rel=1e-5
+    )
+
+    pipe = AnomalyDetectionPipeline.from_pretrained(out)
+    pipe.set_progress_bar_config(disable=True)
+    result = pipe(images[:2], num_inference_steps=2, generator=torch.Generator().manual_seed(0))
+    assert result.anomaly_maps.shape == (2, 16, 16) and result.anomaly_scores.shape == (2,)
+    assert pipe.scheduler.config.num_train_timesteps == 1000 and not pipe.scheduler.config.clip_sample
+
+
+def test_time_budget_stops_every_stage_with_a_checkpoint_and_a_final_model(data, tmp_path):
+    out = tmp_path / "pixels"
+    argv = tiny(
+        data, out, "--pixel_space", "--noise", "gaussian", "--max_train_steps", 500, "--max_minutes", 1e-5
+    )
+    summary = run("unet_stage", argv)
+    assert summary["stopped_for_time"] and summary["steps"] < 500
+    assert (out / f"checkpoint-{summary['steps']}" / "state.json").is_file()
+    assert (out / "model_index.json").is_file()
+    # ... and the run continues from there with a larger budget
+    summary = run(
+        "unet_stage",
+        argv[:-2] + ["--max_train_steps", summary["steps"] + 1, "--resume_from_checkpoint", "latest"],
+    )
+    assert summary["start_step"] == summary["steps"] - 1 and not summary["stopped_for_time"]
+
+
+def test_vq_autoencoder_trains_and_saves(data, tmp_path):
+    from diffusers import VQModel
+
+    summary = run("vae_stage", tiny(data, tmp_path / "vq", "--model_type", "vq", "--max_train_steps", 2))
+    assert summary["steps"] == 2 and summary["reg_loss"] > 0
+    VQModel.from_pretrained(tmp_path / "vq")
+
+
+def test_diffad_fit_runs_both_stages_then_refuses_or_resumes(data, tmp_path, capsys):
+    from diffad.cli import main
+
+    out = tmp_path / "fit"
+    argv = ["fit", "--data", data, "--output_dir", out, "--preset", "tiny", "--resolution", 16,
+            "--vae_steps", 2, "--unet_steps", 2, "--validation_steps", 0]  # fmt: skip
+    argv = [str(a) for a in argv]
+    assert main(argv) == 0
+    assert (out / "model_index.json").is_file() and (out / "autoencoder" / "config.json").is_file()
+    summary = json.loads((out / "fit_summary.json").read_text())
+    assert [s["stage"] for s in summary["stages"]] == ["vae", "unet"]
+    assert all(s["steps"] == 2 for s in summary["stages"])
+
+    assert main(argv) == 2  # the folder holds a fit now
+    assert "--resume" in capsys.readouterr().err
+    assert main(argv + ["--resume"]) == 0
+    assert "stage 1 already done" in capsys.readouterr().out
+
+
+# --- bad input -----------------------------------------------------------------------------------
+
+
+def test_output_dir_with_other_files_is_refused(data, tmp_path):
+    (tmp_path / "report.pdf").write_bytes(b"%PDF")
+    with pytest.raises(OutputExistsError, match=r"report\.pdf.*--overwrite_output_dir"):
+        run("vae_stage", tiny(data, tmp_path, "--max_train_steps", 1))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.pdf"]  # nothing written
+
+
+def test_vae_path_without_an_autoencoder_is_refused(data, tmp_path):
+    from diffad.models import build_unet
+
+    build_unet("tiny", 4, 8).save_pretrained(tmp_path / "not_a_vae")
+    with pytest.raises(ConfigError, match="holds no autoencoder"):
+        run(
+            "unet_stage",
+            tiny(data, tmp_path / "out", "--vae", tmp_path / "not_a_vae", "--max_train_steps", 1),
+        )
+    with pytest.raises(ConfigError, match="holds no autoencoder"):
+        run(
+            "unet_stage", tiny(data, tmp_path / "out2", "--vae", tmp_path / "missing", "--max_train_steps", 1)
+        )
+
+
+def test_resolution_the_downsampling_does_not_divide_is_refused(data, vae_dir, tmp_path):
+    with pytest.raises(ConfigError, match="--resolution 18 is not divisible by 4.*16 or 20"):
+        run(
+            "vae_stage",
+            tiny(data, tmp_path / "a", "--max_train_steps", 1)[:-4]
+            + ["--resolution", 18, "--max_train_steps", 1],
+        )
+    # f=4 autoencoder x the tiny UNet's one halving: 8 must divide the resolution
+    with pytest.raises(ConfigError, match="--resolution 20 is not divisible by 8"):
+        run(
+            "unet_stage",
+            tiny(data, tmp_path / "b", "--vae", vae_dir, "--resolution", 20, "--max_train_steps", 1),
+        )
+
+
+def test_empty_training_set_is_refused(tmp_path):
+    empty = make_mvtec_tree(tmp_path / "data", n_train=0, n_good_test=2, n_defect=1)
+    with pytest.raises(DataError, match="train"):
+        run("vae_stage", tiny(empty, tmp_path / "out", "--max_train_steps", 1))
+
+
+def test_the_scripts_print_the_error_and_exit_2(data, tmp_path):
+    (tmp_path / "keep.txt").write_text("x")
+    cmd = [
+        sys.executable,
+        str(ROOT / "train_vae.py"),
+        *map(str, tiny(data, tmp_path, "--max_train_steps", 1)),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "train_vae.py: error: --output_dir" in proc.stderr and "Traceback" not in proc.stderr
