@@ -25,8 +25,9 @@ FINAL_TMP = ".final.tmp"
 ARGS_FILE = "training_args.json"
 FIT_AUTOENCODER_DIR = "autoencoder"  # where `diffad fit` runs stage 1, inside the pipeline folder
 FIT_SUMMARY = "fit_summary.json"
+FIT_HEAD_DIR = "segmentation_training"  # where `diffad fit --with_head` runs the head stage
 # What a training run itself writes into its output folder, besides the final model.
-RUN_ENTRIES = {"samples", "logs", ARGS_FILE, FINAL_TMP, FIT_AUTOENCODER_DIR, FIT_SUMMARY}
+RUN_ENTRIES = {"samples", "logs", ARGS_FILE, FINAL_TMP, FIT_AUTOENCODER_DIR, FIT_HEAD_DIR, FIT_SUMMARY}
 
 
 def _is_run_entry(name: str, model_entries: Iterable[str]) -> bool:

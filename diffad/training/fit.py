@@ -200,11 +200,12 @@ def run_fit(args: argparse.Namespace) -> int:
 
 def _fit_head(args, out: Path, deadline: float | None) -> dict:
     from diffad.training import seg_stage
+    from diffad.training.checkpoints import FIT_HEAD_DIR
 
     argv = [
         "--model", str(out),
         "--data", args.data,
-        "--output_dir", str(out / "segmentation_training"),
+        "--output_dir", str(out / FIT_HEAD_DIR),
         "--preset", args.preset,
         "--seed", str(args.seed),
         "--mixed_precision", args.mixed_precision,
