@@ -15,6 +15,19 @@ def _fade(t: torch.Tensor) -> torch.Tensor:
     return t * t * t * (t * (t * 6 - 15) + 10)
 
 
+def rotated_grid(
+    shape: tuple[int, int], res: tuple[float, float], angle: float, dtype=torch.float32
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noise coordinates (v down, u across) of each pixel centre: rotated by `angle` degrees about the
+    image centre and scaled so the image spans `res` = (periods down, periods across)."""
+    h, w = shape
+    ys = (torch.arange(h, dtype=dtype) + 0.5) / h - 0.5
+    xs = (torch.arange(w, dtype=dtype) + 0.5) / w - 0.5
+    y, x = torch.meshgrid(ys, xs, indexing="ij")
+    c, s = math.cos(math.radians(angle)), math.sin(math.radians(angle))
+    return (s * x + c * y) * res[0], (c * x - s * y) * res[1]
+
+
 def perlin_noise(
     shape: tuple[int, int],
     res: tuple[float, float],
@@ -27,14 +40,8 @@ def perlin_noise(
 
     Values lie in about [-1, 1] (the sqrt(2) factor of DRAEM's rand_perlin_2d).
     """
-    h, w = shape
-    ys = (torch.arange(h, dtype=torch.float32) + 0.5) / h - 0.5
-    xs = (torch.arange(w, dtype=torch.float32) + 0.5) / w - 0.5
-    y, x = torch.meshgrid(ys, xs, indexing="ij")
-    c, s = math.cos(math.radians(angle)), math.sin(math.radians(angle))
-    # Lattice coordinates: rotate about the centre, scale to the periods, shift to start at 0.
-    v = (s * x + c * y) * res[0]
-    u = (c * x - s * y) * res[1]
+    v, u = rotated_grid(shape, res, angle)
+    # Shift the lattice coordinates to start at 0, so the gradient table is indexed from there.
     v = v - v.min()
     u = u - u.min()
     i0, j0 = v.floor().long(), u.floor().long()
