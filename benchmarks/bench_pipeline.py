@@ -84,7 +84,7 @@ def seconds(pipe: AnomalyDetectionPipeline, images: torch.Tensor, device: str, *
 
 
 def prepared(pipe: AnomalyDetectionPipeline, device: str, dtype: torch.dtype) -> AnomalyDetectionPipeline:
-    pipe = pipe.to(device=device, dtype=dtype)
+    pipe = pipe.to(device) if dtype == torch.float32 else pipe.to(device=device, dtype=dtype)
     for module in pipe.components.values():
         if isinstance(module, torch.nn.Module):
             module.eval()

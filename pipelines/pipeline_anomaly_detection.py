@@ -185,7 +185,8 @@ class AnomalyDetectionPipeline(DiffusionPipeline):
     ) -> AnomalyDetectionPipeline:
         """Record the mean and standard deviation of each residual over good images, per pixel or
         global, in the scorer; later maps are standardised by them (z-scores, comparable across
-        residuals, images and categories). Uses the scorer's current settings. Returns the pipeline."""
+        residuals, images and categories). Uses the scorer's current settings: detect with the same
+        ones (a strength passed to `__call__` changes the residuals' scale). Returns the pipeline."""
         check_choice("calibration mode", mode, CALIBRATIONS)
         if mode == "none":
             self.scorer.set_calibration("none", {})
