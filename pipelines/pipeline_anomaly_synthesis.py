@@ -34,12 +34,13 @@ class AnomalySynthesisOutput(BaseOutput):
             "pil": list of "L"/"RGB" images; a list when the inputs differ in size.
         masks: where each defect is, 0/1. "np": (N, H, W) float32, "pt": (N, 1, H, W), "pil": list of
             "L" images with 255 on the defect.
-        params: per image, what was drawn (method, mask scale and angle, fill, opacity, ...).
+        params: per image, what was drawn (method, mask scale and angle, fill, opacity, ...); not part
+            of the tuple form.
     """
 
     images: np.ndarray | torch.Tensor | list
     masks: np.ndarray | torch.Tensor | list
-    params: list[dict]
+    params: list[dict] | None = None
 
 
 def _to_tensors(image) -> list[torch.Tensor]:
@@ -166,7 +167,7 @@ class AnomalySynthesisPipeline(DiffusionPipeline):
                 "diffusion" or "mix" (a method drawn per image; "diffusion" among them when a unet is set).
             generator: a torch.Generator or an int seed; the same seed gives the same defects.
             output_type: "np", "pt" or "pil" (see `AnomalySynthesisOutput`).
-            return_dict: return an `AnomalySynthesisOutput` rather than a tuple (images, masks, params).
+            return_dict: return an `AnomalySynthesisOutput` rather than the tuple (images, masks).
             method_kwargs: passed on to the method, e.g. `foreground="auto"`, `textures=FOLDER`,
                 `fill="blur"`, `opacity=(0.5, 1)`, `anomaly_strength=2.0`, `num_inference_steps=50`.
         """
@@ -192,5 +193,5 @@ class AnomalySynthesisPipeline(DiffusionPipeline):
             params.append(result.params)
         out_images, out_masks = _format(images, masks, output_type)
         if not return_dict:
-            return out_images, out_masks, params
+            return out_images, out_masks
         return AnomalySynthesisOutput(images=out_images, masks=out_masks, params=params)

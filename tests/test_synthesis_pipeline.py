@@ -57,6 +57,7 @@ def test_output_types_and_the_tuple_form():
     assert out.images.shape == (2, 32, 32, 1) and out.masks.shape == (2, 32, 32)
     assert out.images.dtype == np.float32 and 0 <= out.images.min() and out.images.max() <= 1
     as_tuple = pipe(images, method="scratch", generator=0, return_dict=False)
+    assert len(as_tuple) == 2
     assert np.array_equal(as_tuple[0], out.images) and np.array_equal(as_tuple[1], out.masks)
     pt = pipe(images, method="scratch", generator=0, output_type="pt")
     assert pt.images.shape == (2, 1, 32, 32) and pt.masks.shape == (2, 1, 32, 32)
