@@ -2,6 +2,8 @@
 
 import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -204,6 +206,13 @@ def test_train_seg_trains_saves_into_the_pipeline_and_maps_round_trip(tmp_path, 
     assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
     assert (tmp_path / "run" / "samples" / "step-000004.png").is_file()
 
+    # A fresh interpreter reloads it too (diffusers loads components only from imported modules).
+    code = "from diffad import AnomalyDetectionPipeline as P; import sys; print(type(P.from_pretrained(sys.argv[1]).segmentation_head).__name__)"
+    fresh = subprocess.run(
+        [sys.executable, "-c", code, str(model)], capture_output=True, text=True, check=True
+    )
+    assert fresh.stdout.strip() == "SegmentationHead"
+
     loaded = AnomalyDetectionPipeline.from_pretrained(str(model))
     head = loaded.segmentation_head
     assert isinstance(head, SegmentationHead) and head.config.residual_weight == 0.5
@@ -268,3 +277,5 @@ def test_bad_arguments_are_config_errors(tmp_path, pipeline_dir, data_dir):
         seg_stage.check_seg_args(stage_args(tmp_path, pipeline_dir, data_dir, "--good_fraction", "1"))
     with pytest.raises(ConfigError, match="model_index.json"):
         seg_stage.load_pipeline(tmp_path)
+    with pytest.raises(ConfigError, match="--resolution 64 differs"):
+        seg_stage.main(stage_args(tmp_path, pipeline_dir, data_dir, "--resolution", "64"))

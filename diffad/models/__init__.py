@@ -11,7 +11,12 @@ from diffad.models.presets import (
     latent_channels,
 )
 
+# Imported here so that diffusers can reload a pipeline's `segmentation_head` (it loads only imported modules).
+from diffad.models.segmentation import SegmentationHead, build_segmentation_head
+
 __all__ = [
+    "SegmentationHead",
+    "build_segmentation_head",
     "PatchDiscriminator",
     "MODEL_TYPES",
     "PRESETS",

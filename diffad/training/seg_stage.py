@@ -45,6 +45,9 @@ def add_seg_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--category", default=None, help="category inside --data (needed when it holds several)")
     g.add_argument("--random_flip", action="store_true", help="flip training images left-right at random")
     g.add_argument("--dataloader_num_workers", type=int, default=0)
+    # The pipeline fixes both; accepted so the stages can share a command line, and checked.
+    g.add_argument("--resolution", type=int, default=None, help="must match the pipeline's (default: it)")
+    g.add_argument("--channels", type=int, choices=(1, 3), default=None, help="must match the pipeline's")
     g = parser.add_argument_group("segmentation head")
     g.add_argument("--preset", choices=("tiny", "small", "base"), default="small")
     g.add_argument(
@@ -286,8 +289,15 @@ def main(args: argparse.Namespace) -> dict:
         raise ConfigError(
             f"the pipeline in {args.model} already has a segmentation head; pass --overwrite_head to train a new one"
         )
-    # The head works at the pipeline's resolution and channels; record them for the shared checks.
-    args.resolution, args.channels = pipe.resolution, pipe.image_channels
+    # The head works at the pipeline's resolution and channels.
+    for name, value in (("resolution", pipe.resolution), ("channels", pipe.image_channels)):
+        given = getattr(args, name)
+        if given is not None and given != value:
+            raise ConfigError(
+                f"--{name} {given} differs from the pipeline in {args.model}, which works at {name} {value}; "
+                f"drop --{name} or pass {value}"
+            )
+        setattr(args, name, value)
     accelerator = start_stage(args, name="train_seg", model_entries=[HEAD_NAME])
     device, main_process = accelerator.device, accelerator.is_main_process
     pipe.to(device)
