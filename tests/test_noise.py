@@ -7,6 +7,8 @@ import torch
 
 from diffad.errors import ConfigError
 from diffad.noise import opensimplex2, opensimplex3, sample_noise, simplex_noise
+from diffad.noise.opensimplex import GRADIENTS2, lattice2, permutation
+from diffad.noise.simplex import _window
 
 SEEDS = [0, 3, 1234, -77, 2**40 + 5]
 
@@ -37,6 +39,27 @@ def test_opensimplex3_equals_reference(seed):
     np.testing.assert_allclose(got.numpy(), expected, atol=1e-6, rtol=0)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Small tensors: threads only add contention on a busy machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_opensimplex_on_lattice_ties_like_the_reference():
+    # Quarter-step grids hit the reference's ties (xins == yins, in_sum == 1) that random points miss.
+    opensimplex.seed(21)
+    steps = np.arange(-12, 12) / 4
+    got2 = opensimplex2(torch.tensor(steps)[None, :], torch.tensor(steps)[:, None], 21)
+    np.testing.assert_allclose(got2.numpy(), opensimplex.noise2array(steps, steps), atol=1e-6)
+    steps3 = np.arange(-4, 4) / 4
+    t = torch.tensor(steps3)
+    got3 = opensimplex3(t[None, None, :], t[None, :, None], t[:, None, None], 21)
+    np.testing.assert_allclose(got3.numpy(), opensimplex.noise3array(steps3, steps3, steps3), atol=1e-6)
+
+
 def test_opensimplex_broadcasts_grids_like_noise_array():
     opensimplex.seed(11)
     xs, ys, zs = np.linspace(0, 3, 7), np.linspace(-2, 1, 5), np.array([0.5, 9.25])
@@ -46,6 +69,38 @@ def test_opensimplex_broadcasts_grids_like_noise_array():
         torch.tensor(xs)[None, None, :], torch.tensor(ys)[None, :, None], torch.tensor(zs)[:, None, None], 11
     )
     np.testing.assert_allclose(got3.numpy(), opensimplex.noise3array(xs, ys, zs), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "cells", "offset"), [(8, 8, 4.0, 0.0), (16, 48, 128.0, 0.999), (37, 5, 20.0, 0.5)]
+)
+def test_simplex_noise_windows_hold_every_vertex(height, width, cells, offset):
+    # simplex_noise reads vertex gradients from a window per field; filled from opensimplex's hash,
+    # the windowed lattice must equal opensimplex itself (a vertex outside its window would not).
+    seed, scale = 9, cells / max(height, width)
+    x0, rows = _window((width - 1) * scale, (height - 1) * scale)
+    y0, cols = _window((height - 1) * scale, (width - 1) * scale)
+    perm = permutation(seed)
+    i = torch.arange(x0, x0 + rows)[:, None] & 0xFF
+    j = torch.arange(y0, y0 + cols)[None, :] & 0xFF
+    grads = torch.tensor(GRADIENTS2, dtype=torch.float64)[(perm[(perm[i] + j) & 0xFF] & 0x0E) >> 1]
+    x = torch.arange(width, dtype=torch.float64).view(1, width) * scale + offset
+    y = torch.arange(height, dtype=torch.float64).view(height, 1) * scale + offset
+    got = lattice2(x, y, grads[..., 0].flatten(), grads[..., 1].flatten(), -(x0 * cols + y0), cols)
+    torch.testing.assert_close(got, opensimplex2(x, y, seed), atol=1e-9, rtol=0)
+
+
+def test_frequency_counts_cells_per_image_side():
+    def neighbour_correlation(noise):
+        return float(torch.corrcoef(torch.stack([noise[..., :-1].flatten(), noise[..., 1:].flatten()]))[0, 1])
+
+    def field(size, frequency):
+        g = torch.Generator().manual_seed(0)
+        return simplex_noise((4, 1, size, size), generator=g, octaves=1, frequency=frequency)
+
+    # Fewer cells across the image: smoother noise. Same cells at twice the size: smoother per pixel.
+    assert neighbour_correlation(field(32, 2.0)) > neighbour_correlation(field(32, 8.0)) + 0.05
+    assert neighbour_correlation(field(64, 8.0)) > neighbour_correlation(field(32, 8.0)) + 0.05
 
 
 def test_simplex_noise_is_standardised_per_sample_and_channel():

@@ -77,43 +77,75 @@ def _attenuated(dx, dy, *rest):
 # 2D
 
 
-def _noise2_cells(x, y):
-    """Lattice cell, offsets and the two region-dependent vertices of `_noise2`, for all points."""
-    stretch = (x + y) * STRETCH2
-    xs, ys = x + stretch, y + stretch
+def lattice2(x, y, grad_x, grad_y, key_base, row: int, wrap: bool = False) -> torch.Tensor:
+    """`_noise2` for many points, with the vertex gradients read from tables.
+
+    The gradient of lattice vertex (i, j) is `grad_x[k], grad_y[k]` with `k = key_base + i * row + j`
+    (with `wrap`, i and j are taken modulo 256 first, as opensimplex's hash does, and shifted by one
+    so that the vertices at -1 and 256..258 have rows of their own). `x`, `y` and `key_base` broadcast
+    together; a (F, 1, W) `x` with a (F, H, 1) `y` makes F grids of noise at little extra cost.
+
+    The four vertices of a point (two of its triangle, the third corner, the extra vertex) are
+    stacked so that every operation runs once over all of them: this is what makes eager torch fast.
+    """
+    xs = x * (1 + STRETCH2) + y * STRETCH2
+    ys = y * (1 + STRETCH2) + x * STRETCH2
     xsb, ysb = torch.floor(xs), torch.floor(ys)
-    squish = (xsb + ysb) * SQUISH2
-    dx0, dy0 = x - (xsb + squish), y - (ysb + squish)
-    xins, yins = xs - xsb, ys - ysb
+    xins, yins = xs.sub_(xsb), ys.sub_(ysb)
     in_sum = xins + yins
-    low = in_sum <= 1
-    x_gt_y = xins > yins
-    # Inside the triangle at (0,0): the extra vertex is (1,-1), (-1,1) or (1,1).
-    near_low = ((1 - in_sum) > xins) | ((1 - in_sum) > yins)
-    ext_low_x = torch.where(near_low, torch.where(x_gt_y, 1.0, -1.0), 1.0)
-    ext_low_y = torch.where(near_low, torch.where(x_gt_y, -1.0, 1.0), 1.0)
-    # Inside the triangle at (1,1): the extra vertex is (2,0), (0,2) or (0,0).
-    near_high = ((2 - in_sum) < xins) | ((2 - in_sum) < yins)
-    ext_high_x = torch.where(near_high & x_gt_y, 2.0, 0.0)
-    ext_high_y = torch.where(near_high & ~x_gt_y, 2.0, 0.0)
-    ext_x = torch.where(low, ext_low_x, ext_high_x).to(x.dtype)
-    ext_y = torch.where(low, ext_low_y, ext_high_y).to(x.dtype)
-    base = (~low).to(x.dtype)  # the vertex (0,0) or (1,1) of the triangle
-    # (dx, dy) to a vertex at offset (ox, oy) from the cell origin is d0 - o - (ox + oy) * SQUISH2.
-    vertices = ((1.0, 0.0), (0.0, 1.0), (base, base), (ext_x, ext_y))
-    return xsb, ysb, dx0, dy0, vertices
+    b = torch.sub(in_sum, 1).ceil_()  # 0: the triangle at (0,0) (in_sum <= 1), 1: the one at (1,1)
+    shape = xins.shape
+
+    # The extra vertex. Reflecting the (1,1) triangle onto the (0,0) one (u, v = |xins - b|,
+    # |yins - b|), it lies across the diagonal edge when 1 - u - v > min(u, v), else opposite it.
+    u = (xins - b).abs_()
+    v = (yins - b).abs_()
+    far = torch.minimum(u, v).add_(u).add_(v).sub_(1).sign_().add_(1).mul_(0.5).ceil_()
+    # Across the edge: (1,-1) from the corner (b,b) where xins > yins, else (-1,1) (ties too).
+    side = (xins - yins).sign_().sub_(0.5).sign_()
+    across = b.mul(-2).add_(1)  # opposite: (1,1) from (0,0), (-1,-1) from (1,1)
+    ox = (across - side).mul_(far).add_(side).add_(b)
+    oy = (across + side).mul_(far).sub_(side).add_(b)
+
+    # Rows: (1,0), (0,1), (b,b), (ox,oy). (dx, dy) to vertex o is d0 - o - (o_x + o_y) * SQUISH2,
+    # and d0 = ins + in_sum * SQUISH2 undoes the stretch.
+    d = torch.empty((2, 4) + shape, dtype=xins.dtype, device=xins.device)
+    dx0, dy0 = torch.add(xins, in_sum, alpha=SQUISH2), torch.add(yins, in_sum, alpha=SQUISH2)
+    torch.sub(dx0, 1 + SQUISH2, out=d[0, 0])
+    torch.sub(dy0, SQUISH2, out=d[1, 0])
+    torch.sub(dx0, SQUISH2, out=d[0, 1])
+    torch.sub(dy0, 1 + SQUISH2, out=d[1, 1])
+    torch.sub(dx0, b, alpha=1 + 2 * SQUISH2, out=d[0, 2])
+    torch.sub(dy0, b, alpha=1 + 2 * SQUISH2, out=d[1, 2])
+    shift = (ox + oy).mul_(SQUISH2)
+    torch.sub(dx0, ox, out=d[0, 3]).sub_(shift)
+    torch.sub(dy0, oy, out=d[1, 3]).sub_(shift)
+
+    if wrap:
+        xsb, ysb = xsb.remainder_(256).add_(1), ysb.remainder_(256).add_(1)
+    keys = torch.empty((4,) + shape, dtype=xins.dtype, device=xins.device)
+    origin = torch.add(ysb, xsb, alpha=row).add_(key_base)
+    torch.add(origin, row, out=keys[0])
+    torch.add(origin, 1, out=keys[1])
+    torch.add(origin, b, alpha=row + 1, out=keys[2])
+    torch.add(origin, oy, out=keys[3]).add_(ox, alpha=row)
+    keys = keys.view(-1).to(torch.int32 if keys.numel() < 2**31 else torch.long)
+
+    dot = grad_x.index_select(0, keys).view_as(d[0]).mul_(d[0])
+    dot.addcmul_(grad_y.index_select(0, keys).view_as(d[0]), d[1])
+    attn = d[0].square().addcmul_(d[1], d[1]).sub_(2).clamp_max_(0).square_().square_()  # (2 - |d|^2)_+^4
+    return attn.mul_(dot).sum(0).div_(NORM2)
 
 
-def noise2_lattice(x, y, gradient_of):
-    """Sum of the four vertex contributions of `_noise2`; `gradient_of(xv, yv)` returns (gx, gy)."""
-    xsb, ysb, dx0, dy0, vertices = _noise2_cells(x, y)
-    value = torch.zeros_like(x)
-    for ox, oy in vertices:
-        shift = (ox + oy) * SQUISH2
-        dx, dy = dx0 - ox - shift, dy0 - oy - shift
-        gx, gy = gradient_of(xsb + ox, ysb + oy)
-        value = value + _attenuated(dx, dy) * (gx * dx + gy * dy)
-    return value / NORM2
+def gradient_tables2(perm: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """opensimplex's 2D gradients of the vertices -1..258 x -1..258 for `lattice2(..., wrap=True)`."""
+    index = torch.arange(-1, 259, device=perm.device) & 0xFF
+    hashed = perm[(perm[index][:, None] + index[None, :]) & 0xFF]
+    grads = torch.tensor(GRADIENTS2, dtype=dtype, device=perm.device)[(hashed & 0x0E) >> 1]
+    return grads[..., 0].reshape(-1), grads[..., 1].reshape(-1)
+
+
+WRAP_ROW = 260  # rows of the tables of gradient_tables2
 
 
 def opensimplex2(x, y, seed: int = 3) -> torch.Tensor:
@@ -122,15 +154,8 @@ def opensimplex2(x, y, seed: int = 3) -> torch.Tensor:
     Computed in float64 (float32 on MPS); the result has the broadcast shape of `x` and `y`.
     """
     (x, y), device = _as_float64(x, y)
-    perm = permutation(seed, device)
-    grads = torch.tensor(GRADIENTS2, dtype=x.dtype, device=device)
-
-    def gradient_of(xv, yv):
-        index = perm[(perm[xv.long() & 0xFF] + yv.long()) & 0xFF]
-        g = grads[(index & 0x0E) >> 1]
-        return g[..., 0], g[..., 1]
-
-    return noise2_lattice(x, y, gradient_of)
+    grad_x, grad_y = gradient_tables2(permutation(seed, device), x.dtype)
+    return lattice2(x, y, grad_x, grad_y, 0, WRAP_ROW, wrap=True)
 
 
 # ---------------------------------------------------------------------------------------------
