@@ -83,6 +83,9 @@ GENERATORS = {
     "spots-hole": lambda im, g, **kw: spots(im, g, kind="hole", **kw),
     "crack": crack,
     "diffusion-latent": lambda im, g, **kw: diffusion_inpaint(im, g, **latent_model(), **kw),
+    "diffusion-simplex": lambda im, g, **kw: diffusion_inpaint(
+        im, g, noise="simplex", strength=0.5, **latent_model(), **kw
+    ),
     "diffusion-pixel": lambda im, g, **kw: diffusion_inpaint(
         im, g, unet=tiny_unet(im.shape[0], 32), scheduler=DDPMScheduler(), num_inference_steps=2, **kw
     ),

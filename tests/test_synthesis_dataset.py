@@ -172,3 +172,39 @@ def test_command_line_lists_every_method():
     from diffad.synthesis.methods import METHOD_CHOICES
 
     assert tuple(METHODS) == tuple(METHOD_CHOICES)
+
+
+def test_diffusion_defects_from_a_saved_model_folder(good_dir, tmp_path):
+    import torch
+    from diffusers import DDIMScheduler, UNet2DModel
+
+    from diffad import AnomalySynthesisPipeline
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(
+        sample_size=32,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=4,
+        layers_per_block=1,
+    )
+    AnomalySynthesisPipeline(unet=unet, scheduler=DDIMScheduler()).save_pretrained(tmp_path / "model")
+    manifest = make(
+        good_dir,
+        tmp_path / "out",
+        method="diffusion",
+        num=2,
+        model=str(tmp_path / "model"),
+        num_inference_steps=2,
+        anomaly_strength=2.0,
+    )
+    defects = [f for f in manifest["files"] if f["label"] == 1]
+    assert [f["file"] for f in defects] == ["test/diffusion/0000.png", "test/diffusion/0001.png"]
+    assert all(
+        f["params"]["anomaly_strength"] == 2.0 and f["params"]["num_inference_steps"] == 2 for f in defects
+    )
+    for f in defects:
+        assert np.asarray(Image.open(tmp_path / "out" / f["mask"])).any()

@@ -71,6 +71,18 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--num_inference_steps", type=int, default=50, help="diffusion: denoising steps")
     parser.add_argument(
+        "--strength",
+        type=float,
+        default=1.0,
+        help="diffusion: fraction of the schedule the masked region is noised to (1 = pure noise)",
+    )
+    parser.add_argument(
+        "--noise",
+        default="gaussian",
+        choices=("gaussian", "simplex"),
+        help="diffusion: the noise the model was trained with",
+    )
+    parser.add_argument(
         "--device", default=None, help="diffusion: torch device (default: cuda when available)"
     )
     parser.add_argument(
@@ -94,6 +106,8 @@ def run(args) -> int:
 
     if not 0 <= args.test_fraction < 1:
         raise ConfigError(f"--test_fraction must be in [0, 1), not {args.test_fraction}")
+    if not 0 < args.strength <= 1:
+        raise ConfigError(f"--strength must be in (0, 1], not {args.strength}")
     if args.resolution is not None and args.resolution < 8:
         raise ConfigError(f"--resolution must be at least 8, not {args.resolution}")
     torch.set_num_threads(min(torch.get_num_threads(), 4))
@@ -110,6 +124,8 @@ def run(args) -> int:
         mask_noise=args.mask_noise,
         anomaly_strength=args.anomaly_strength,
         num_inference_steps=args.num_inference_steps,
+        strength=args.strength,
+        noise=args.noise,
     )
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     manifest = synthesize_dataset(

@@ -63,6 +63,8 @@ class Settings:
     mask_noise: str = "perlin"
     anomaly_strength: float = 1.0
     num_inference_steps: int = 50
+    strength: float = 1.0
+    noise: str = "gaussian"
     options: dict = field(default_factory=dict)
 
 
@@ -266,6 +268,8 @@ def synthesize_dataset(
                 model,
                 anomaly_strength=settings.anomaly_strength,
                 num_inference_steps=settings.num_inference_steps,
+                strength=settings.strength,
+                noise=settings.noise,
             )
         image = read_source(folder / item["source"], settings.resolution)
         generator = torch.Generator().manual_seed(item["seed"])

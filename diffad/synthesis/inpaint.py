@@ -11,6 +11,8 @@ from the input, so they are exactly the input's.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn.functional as F
 
@@ -24,6 +26,17 @@ def randn_tensor(shape, generator: torch.Generator, device, dtype) -> torch.Tens
     return torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32).to(
         device, dtype
     )
+
+
+def draw_noise(kind: str, shape, generator: torch.Generator, device, dtype) -> torch.Tensor:
+    """Unit-variance noise of `kind`: "gaussian", or "simplex" for models trained on it (AnoDDPM)."""
+    if kind == "gaussian":
+        return randn_tensor(shape, generator, device, dtype)
+    if kind != "simplex":
+        raise ConfigError(f'noise must be "gaussian" or "simplex", not {kind!r}')
+    from diffad.noise import sample_noise
+
+    return sample_noise(kind, shape, generator=generator, device=device, dtype=dtype)
 
 
 def _encode(vae, x: torch.Tensor) -> torch.Tensor:
@@ -70,13 +83,16 @@ def diffusion_inpaint(
     anomaly_strength: float = 1.0,
     strength: float = 1.0,
     num_inference_steps: int = 50,
+    noise: str = "gaussian",
     mask_noise: str = "perlin",
 ) -> SyntheticDefect:
     """Regenerate the masked part of `image` ((C,H,W) or (N,C,H,W) in [-1, 1]) with a diffusion model.
 
     `mask` ((1,H,W) or (N,1,H,W), 0/1) is drawn from thresholded noise when not given. `strength` is the
     fraction of the schedule the masked latent is noised to (1 = pure noise), `anomaly_strength` the
-    SDAS variance inflation s. With `vae=None` the UNet works on pixels. Returns
+    SDAS variance inflation s. `noise` is the kind the model was trained with ("gaussian" or "simplex");
+    it is used for the forward noise, the SDAS extra noise and (with schedulers that take
+    `variance_noise`) the sampling noise. With `vae=None` the UNet works on pixels. Returns
     `SyntheticDefect(image, mask)` with `.params`.
     """
     if unet is None or scheduler is None:
@@ -102,6 +118,7 @@ def diffusion_inpaint(
             "anomaly_strength": anomaly_strength,
             "strength": strength,
             "num_inference_steps": num_inference_steps,
+            "noise": noise,
         }
         for _ in range(n)
     ]
@@ -137,19 +154,25 @@ def diffusion_inpaint(
     timesteps = scheduler.timesteps
     start = min(len(timesteps) - 1, int(round(len(timesteps) * (1 - strength))))
     timesteps = timesteps[start:]
-    z = scheduler.add_noise(
-        z0, randn_tensor(z0.shape, generator=generator, device=device, dtype=dtype), timesteps[:1].repeat(n)
-    )
+
+    def sample(shape=z0.shape):
+        return draw_noise(noise, shape, generator, device, dtype)
+
+    # Schedulers that take the sampling noise (DDIM, diffad's Noise*Scheduler) get it in our kind.
+    takes_noise = noise != "gaussian" and "variance_noise" in inspect.signature(scheduler.step).parameters
+    z = scheduler.add_noise(z0, sample(), timesteps[:1].repeat(n))
     for i, t in enumerate(timesteps):
         eps = unet(z, t).sample
-        step = scheduler.step(eps, t, z, generator=generator).prev_sample
+        # diffusers refuses a generator together with variance_noise: one or the other.
+        step_kw = {"variance_noise": sample()} if takes_noise else {"generator": generator}
+        step = scheduler.step(eps, t, z, **step_kw).prev_sample
         t_prev = int(timesteps[i + 1]) if i + 1 < len(timesteps) else -1
         if anomaly_strength > 0 and t_prev >= 0:
-            extra = randn_tensor(z0.shape, generator=generator, device=device, dtype=dtype)
-            step = step + (anomaly_strength**0.5) * _posterior_std(scheduler, int(t), t_prev) * extra
+            step = step + (anomaly_strength**0.5) * _posterior_std(scheduler, int(t), t_prev) * sample()
         if t_prev >= 0:
-            noise = randn_tensor(z0.shape, generator=generator, device=device, dtype=dtype)
-            known = scheduler.add_noise(z0, noise, torch.full((n,), t_prev, device=device, dtype=torch.long))
+            known = scheduler.add_noise(
+                z0, sample(), torch.full((n,), t_prev, device=device, dtype=torch.long)
+            )
         else:
             known = z0
         z = m * step + (1 - m) * known
