@@ -179,3 +179,15 @@ def test_feature_extractor_loads_from_a_local_folder_only(tmp_path):
     assert type(load_feature_extractor(tmp_path / "resnet")).__name__ == "ResNetModel"
     with pytest.raises(ConfigError, match="local folder"):
         load_feature_extractor("microsoft/resnet-18")  # a hub name is never downloaded
+
+
+@pytest.mark.parametrize(
+    "deviation, expected", [("higher", [-2.0, 3.0]), ("lower", [2.0, -3.0]), ("both", [2.0, 3.0])]
+)
+def test_scorer_deviation_picks_the_direction_of_anomalies(deviation, expected):
+    scorer = AnomalyScorer(resolution=8, deviation=deviation, pixel_weight=1.0, ssim_weight=0.5)
+    pixel = torch.tensor([-1.0, 1.0]).view(2, 1, 1)
+    ssim = torch.tensor([-2.0, 4.0]).view(2, 1, 1)  # uncalibrated: the residuals are the z-scores
+    combined = scorer.combine({"pixel": pixel, "ssim": ssim})
+    # higher: 1 * z_pixel + 0.5 * z_ssim; lower: of -z; both: of |z|
+    np.testing.assert_allclose(combined.flatten().numpy(), expected)

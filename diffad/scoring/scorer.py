@@ -22,6 +22,7 @@ RESIDUALS = ("pixel", "ssim", "latent", "feature")
 SAMPLERS = ("ddim", "ddpm")
 NOISE_KINDS = ("simplex", "gaussian")
 CALIBRATIONS = ("none", "global", "per_pixel")
+DEVIATIONS = ("higher", "lower", "both")
 
 
 def check_strengths(strength: float | list[float]) -> list[float]:
@@ -59,6 +60,10 @@ class AnomalyScorer(ModelMixin, ConfigMixin):
         calibration: "none", "global" or "per_pixel" (set by `AnomalyDetectionPipeline.calibrate`).
         calibration_std_floor: per-pixel standard deviations are floored by this fraction of the
             global one, so that a pixel that barely varied among the good images does not explode.
+        deviation: which (standardised) residuals count as anomalous: "higher" than on good images
+            (a defect the model does not reproduce), "lower" (a defect easier to reproduce than the
+            good texture, e.g. a smooth patch in random texture, as DAGM's), or "both" (|z|; useful
+            once calibrated). Applied to each residual before weighting.
     """
 
     @register_to_config
@@ -81,6 +86,7 @@ class AnomalyScorer(ModelMixin, ConfigMixin):
         score_pooling: int = 1,
         calibration: str = "none",
         calibration_std_floor: float = 0.1,
+        deviation: str = "higher",
     ):
         super().__init__()
         check_strengths(strength)
@@ -88,6 +94,7 @@ class AnomalyScorer(ModelMixin, ConfigMixin):
         check_choice("sampler", sampler, SAMPLERS)
         check_choice("pixel_norm", pixel_norm, PIXEL_NORMS)
         check_choice("calibration", calibration, CALIBRATIONS)
+        check_choice("deviation", deviation, DEVIATIONS)
         if resolution < 8 or num_inference_steps < 1 or num_ensemble < 1 or score_pooling < 1:
             raise ConfigError(
                 "resolution must be >= 8 and num_inference_steps, num_ensemble, score_pooling >= 1; got "
@@ -132,8 +139,11 @@ class AnomalyScorer(ModelMixin, ConfigMixin):
     def combine(self, residuals: dict[str, torch.Tensor]) -> torch.Tensor:
         """Weighted sum of the standardised, already smoothed residual maps (N, H, W)."""
         total = None
+        deviation = self.config.deviation
         for name, residual in residuals.items():
-            term = self.weight(name) * self.standardise(name, residual)
+            z = self.standardise(name, residual)
+            z = -z if deviation == "lower" else z.abs() if deviation == "both" else z
+            term = self.weight(name) * z
             total = term if total is None else total + term
         return total
 
