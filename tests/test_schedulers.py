@@ -24,10 +24,13 @@ def _inputs(seed=0):
     return torch.randn(SHAPE, generator=g), torch.randn(SHAPE, generator=g)
 
 
-@pytest.mark.parametrize("variance_type", ["fixed_small", "fixed_small_log", "fixed_large"])
-def test_ddpm_step_with_gaussian_noise_equals_diffusers(variance_type):
-    ours = NoiseDDPMScheduler(num_train_timesteps=100, variance_type=variance_type)
-    theirs = DDPMScheduler(num_train_timesteps=100, variance_type=variance_type)
+@pytest.mark.parametrize(
+    ("variance_type", "prediction_type"),
+    [("fixed_small", "epsilon"), ("fixed_small_log", "sample"), ("fixed_large", "v_prediction")],
+)
+def test_ddpm_step_with_gaussian_noise_equals_diffusers(variance_type, prediction_type):
+    config = dict(num_train_timesteps=100, variance_type=variance_type, prediction_type=prediction_type)
+    ours, theirs = NoiseDDPMScheduler(**config), DDPMScheduler(**config)
     ours.set_timesteps(10)
     theirs.set_timesteps(10)
     model_output, sample = _inputs()
@@ -55,9 +58,11 @@ def test_ddim_step_with_gaussian_noise_equals_diffusers():
         torch.testing.assert_close(got.prev_sample, expected.prev_sample, rtol=1e-6, atol=1e-6)
 
 
-def test_ddim_explicit_timesteps_step_like_diffusers_with_the_same_stride():
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
+def test_ddim_explicit_timesteps_step_like_diffusers_with_the_same_stride(prediction_type):
     # diffusers' DDIM with 10 of 100 steps strides by 10; the list 69, 59, ... must give the same steps.
-    ours, theirs = NoiseDDIMScheduler(num_train_timesteps=100), DDIMScheduler(num_train_timesteps=100)
+    config = dict(num_train_timesteps=100, prediction_type=prediction_type, clip_sample_range=0.5)
+    ours, theirs = NoiseDDIMScheduler(**config), DDIMScheduler(**config)
     ours.set_timesteps(timesteps=[69, 59, 49])
     theirs.set_timesteps(10)
     model_output, sample = _inputs(2)

@@ -8,9 +8,8 @@ from diffad.errors import ConfigError
 from diffad.noise.opensimplex import GRADIENTS2, STRETCH2, lattice2
 
 NOISE_KINDS = ("simplex", "gaussian")
-_CHUNK_POINTS = (
-    1 << 16
-)  # points per lattice2 call: big enough to hide per-op overhead, small enough for cache
+# Points per lattice2 call: enough to hide the per-operation overhead, few enough to stay in cache.
+_CHUNK_POINTS = 1 << 15
 
 
 def _window(cells_x: float, cells_y: float) -> tuple[int, int]:

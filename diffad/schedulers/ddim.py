@@ -6,6 +6,7 @@ from diffusers import DDIMScheduler
 from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 
 from diffad.errors import ConfigError
+from diffad.schedulers.prediction import predict_original_and_noise
 
 
 class NoiseDDIMScheduler(DDIMScheduler):
@@ -79,25 +80,9 @@ class NoiseDDIMScheduler(DDIMScheduler):
         )
         beta_prod_t = 1 - alpha_prod_t
 
-        prediction_type = self.config.prediction_type
-        if prediction_type == "epsilon":
-            pred_original_sample = (sample - beta_prod_t ** (0.5) * model_output) / alpha_prod_t ** (0.5)
-            pred_epsilon = model_output
-        elif prediction_type == "sample":
-            pred_original_sample = model_output
-            pred_epsilon = (sample - alpha_prod_t ** (0.5) * pred_original_sample) / beta_prod_t ** (0.5)
-        elif prediction_type == "v_prediction":
-            pred_original_sample = (alpha_prod_t**0.5) * sample - (beta_prod_t**0.5) * model_output
-            pred_epsilon = (alpha_prod_t**0.5) * model_output + (beta_prod_t**0.5) * sample
-        else:
-            raise ConfigError(f"prediction_type {prediction_type!r} must be epsilon, sample or v_prediction")
-
-        if self.config.thresholding:
-            pred_original_sample = self._threshold_sample(pred_original_sample)
-        elif self.config.clip_sample:
-            pred_original_sample = pred_original_sample.clamp(
-                -self.config.clip_sample_range, self.config.clip_sample_range
-            )
+        pred_original_sample, pred_epsilon = predict_original_and_noise(
+            self, model_output, sample, alpha_prod_t
+        )
 
         variance = self._get_variance(timestep, prev_timestep)
         std_dev_t = eta * variance ** (0.5)

@@ -5,6 +5,7 @@ from diffusers import DDPMScheduler
 from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
 
 from diffad.errors import ConfigError
+from diffad.schedulers.prediction import predict_original_and_noise
 
 
 class NoiseDDPMScheduler(DDPMScheduler):
@@ -52,22 +53,7 @@ class NoiseDDPMScheduler(DDPMScheduler):
         current_alpha_t = alpha_prod_t / alpha_prod_t_prev
         current_beta_t = 1 - current_alpha_t
 
-        prediction_type = self.config.prediction_type
-        if prediction_type == "epsilon":
-            pred_original_sample = (sample - beta_prod_t ** (0.5) * model_output) / alpha_prod_t ** (0.5)
-        elif prediction_type == "sample":
-            pred_original_sample = model_output
-        elif prediction_type == "v_prediction":
-            pred_original_sample = (alpha_prod_t**0.5) * sample - (beta_prod_t**0.5) * model_output
-        else:
-            raise ConfigError(f"prediction_type {prediction_type!r} must be epsilon, sample or v_prediction")
-
-        if self.config.thresholding:
-            pred_original_sample = self._threshold_sample(pred_original_sample)
-        elif self.config.clip_sample:
-            pred_original_sample = pred_original_sample.clamp(
-                -self.config.clip_sample_range, self.config.clip_sample_range
-            )
+        pred_original_sample, _ = predict_original_and_noise(self, model_output, sample, alpha_prod_t)
 
         pred_original_sample_coeff = (alpha_prod_t_prev ** (0.5) * current_beta_t) / beta_prod_t
         current_sample_coeff = current_alpha_t ** (0.5) * beta_prod_t_prev / beta_prod_t
