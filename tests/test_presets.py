@@ -164,7 +164,7 @@ def test_kl_loss_matches_the_closed_form():
     assert float(losses.kl_loss(posterior)) == pytest.approx(expected, rel=1e-6)
 
 
-def test_autoencode_vq_loss_is_codebook_plus_quarter_commitment():
+def test_autoencode_vq_loss_is_commitment_plus_quarter_codebook():
     torch.manual_seed(0)
     vae = build_autoencoder("tiny", "vq", in_channels=1)
     x = _images(8, (2, 1, 16, 16)).float()
@@ -175,6 +175,14 @@ def test_autoencode_vq_loss_is_codebook_plus_quarter_commitment():
     nearest = codebook[torch.cdist(flat, codebook).argmin(dim=1)]
     mse = (nearest - flat).square().mean()
     assert float(reg.detach()) == pytest.approx(1.25 * float(mse.detach()), rel=1e-5)
+    # Which term carries the 0.25: the latents' gradient is the commitment term's, with weight 1.
+    leaf = z.detach().requires_grad_()
+    _, loss, _ = vae.quantize(leaf)
+    loss.backward()
+    expected = (
+        -2 * (nearest.view(leaf.shape[0], *leaf.shape[2:], -1).permute(0, 3, 1, 2) - leaf) / leaf.numel()
+    )
+    torch.testing.assert_close(leaf.grad, expected.detach(), rtol=1e-4, atol=1e-7)
     assert recon.shape == x.shape
 
 

@@ -84,9 +84,11 @@ def autoencode(vae, images: torch.Tensor, *, generator: torch.Generator | None =
     """Encode and decode a batch; returns `(reconstructions, regularization_loss)`.
 
     AutoencoderKL: decodes a posterior sample drawn with `generator` (or its mode) and returns the
-    KL term. VQModel: decodes the quantised latents and returns diffusers' VQ loss, the codebook
-    term plus 0.25 times the commitment term (`VectorQuantizer(legacy=True)`, the weighting of
-    Taming Transformers' own VQGAN), with straight-through gradients to the encoder.
+    KL term. VQModel: decodes the quantised latents and returns diffusers' VQ loss,
+    `|sg(z_q) - z|^2 + 0.25 * |z_q - sg(z)|^2`: the commitment term (pulls the encoder) plus a quarter
+    of the codebook term (pulls the code vectors). That is `VectorQuantizer(legacy=True)`, the
+    weighting Taming Transformers' VQGAN was trained with (the VQ-VAE paper puts 0.25 on the other
+    term). Gradients reach the encoder through the straight-through estimator.
     """
     if isinstance(vae, VQModel):
         out = vae(images)
