@@ -19,6 +19,16 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 pytestmark = pytest.mark.slow
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # The subprocesses run on one thread (ENV); the in-process runs they are compared with must too:
+    # a different thread count sums convolutions in another order.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return make_mvtec_tree(tmp_path_factory.mktemp("data"), size=32, n_train=6, n_defect=2)
@@ -60,13 +70,13 @@ def test_sigkill_after_a_checkpoint_then_resume_gives_the_uninterrupted_weights(
              "--use_ema", "--gradient_accumulation_steps", "2", "--random_flip", "--disc_start", "6"]  # fmt: skip
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     victim = subprocess.Popen(vae_command(data, broken, *extra), env=ENV, stderr=subprocess.DEVNULL)
-    run_in_process(vae_stage.main, vae_stage.parse_args, vae_command(data, whole, *extra)[2:])
     deadline = time.monotonic() + 240
     while not (broken / "checkpoint-4").is_dir() and victim.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     victim.send_signal(signal.SIGKILL)
     assert victim.wait() == -signal.SIGKILL, "the run ended before it could be killed"
     assert not (broken / "config.json").exists()  # no final model from a killed run
+    run_in_process(vae_stage.main, vae_stage.parse_args, vae_command(data, whole, *extra)[2:])
 
     args = vae_command(data, broken, *extra, "--resume_from_checkpoint", "latest")[2:]
     summary = run_in_process(vae_stage.main, vae_stage.parse_args, args)
