@@ -90,6 +90,17 @@ def test_simplex_noise_windows_hold_every_vertex(height, width, cells, offset):
     torch.testing.assert_close(got, opensimplex2(x, y, seed), atol=1e-9, rtol=0)
 
 
+def test_simplex_noise_does_not_depend_on_how_fields_are_chunked(monkeypatch):
+    shape, seed = (3, 5, 8, 8), 12
+    whole = simplex_noise(shape, generator=torch.Generator().manual_seed(seed))
+    # Tiny limits force one field per lattice call (the key limit guards float32 keys on small images).
+    monkeypatch.setattr("diffad.noise.simplex._CHUNK_POINTS", 64)
+    monkeypatch.setattr("diffad.noise.simplex._MAX_KEYS", 40_000)
+    torch.testing.assert_close(simplex_noise(shape, generator=torch.Generator().manual_seed(seed)), whole)
+    with pytest.raises(ConfigError, match="too fine"):
+        simplex_noise((1, 1, 8, 8), octaves=2, frequency=1000)
+
+
 def test_frequency_counts_cells_per_image_side():
     def neighbour_correlation(noise):
         return float(torch.corrcoef(torch.stack([noise[..., :-1].flatten(), noise[..., 1:].flatten()]))[0, 1])

@@ -10,6 +10,8 @@ from diffad.noise.opensimplex import GRADIENTS2, STRETCH2, lattice2
 NOISE_KINDS = ("simplex", "gaussian")
 # Points per lattice2 call: enough to hide the per-operation overhead, few enough to stay in cache.
 _CHUNK_POINTS = 1 << 15
+# Vertex keys are computed in float32, exact below 2**24: a chunk's gradient tables stay under it.
+_MAX_KEYS = 1 << 24
 
 
 def _window(cells_x: float, cells_y: float) -> tuple[int, int]:
@@ -63,7 +65,7 @@ def simplex_noise(
     work = torch.float64 if dtype == torch.float64 else torch.float32
     draw_device = generator.device if generator is not None else device  # a seed means the same on any device
     fields = batch * channels
-    chunk = max(1, _CHUNK_POINTS // (height * width))
+    points_chunk = max(1, _CHUNK_POINTS // (height * width))
     grads = torch.tensor(GRADIENTS2, dtype=work, device=device)
 
     noise = torch.zeros((fields, height, width), device=device, dtype=work)
@@ -72,6 +74,12 @@ def simplex_noise(
         x0, rows = _window((width - 1) * scale, (height - 1) * scale)
         y0, cols = _window((height - 1) * scale, (width - 1) * scale)
         table = rows * cols
+        if table > _MAX_KEYS:
+            raise ConfigError(
+                f"simplex_noise: {frequency * 2 ** (octaves - 1):g} cells across the image in the last "
+                "octave is too fine to tabulate; lower frequency or octaves"
+            )
+        chunk = max(1, min(points_chunk, _MAX_KEYS // table))
         offsets = torch.rand((2, fields, 1, 1), generator=generator, device=draw_device, dtype=torch.float64)
         picks = torch.randint(8, (fields * table,), generator=generator, device=draw_device)
         offsets, picks = offsets.to(device=device, dtype=work), picks.to(device)
