@@ -12,21 +12,12 @@ import pytest
 import torch
 from data_trees import make_mvtec_tree
 from safetensors.torch import load_file
+from test_training_stages import one_thread, run  # noqa: F401 (one_thread: an autouse fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The subprocesses run on one thread (ENV); the in-process runs they are compared with must too:
-    # a different thread count sums convolutions in another order.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -53,18 +44,7 @@ def weights(folder):
     return load_file(str(Path(folder) / "diffusion_pytorch_model.safetensors"))
 
 
-def run_in_process(main, parse_args, argv):
-    from diffad.training.accelerate_setup import reset_accelerate_state
-
-    try:
-        return main(parse_args(argv))
-    finally:
-        reset_accelerate_state()
-
-
 def test_sigkill_after_a_checkpoint_then_resume_gives_the_uninterrupted_weights(data, tmp_path):
-    from diffad.training import vae_stage
-
     # EMA, accumulation, flips and the discriminator (from step 6) all have to come back exactly.
     extra = ["--max_train_steps", "16", "--checkpointing_steps", "4", "--checkpoints_total_limit", "2",
              "--use_ema", "--gradient_accumulation_steps", "2", "--random_flip", "--disc_start", "6"]  # fmt: skip
@@ -76,10 +56,10 @@ def test_sigkill_after_a_checkpoint_then_resume_gives_the_uninterrupted_weights(
     victim.send_signal(signal.SIGKILL)
     assert victim.wait() == -signal.SIGKILL, "the run ended before it could be killed"
     assert not (broken / "config.json").exists()  # no final model from a killed run
-    run_in_process(vae_stage.main, vae_stage.parse_args, vae_command(data, whole, *extra)[2:])
+    run("vae_stage", vae_command(data, whole, *extra)[2:])
 
     args = vae_command(data, broken, *extra, "--resume_from_checkpoint", "latest")[2:]
-    summary = run_in_process(vae_stage.main, vae_stage.parse_args, args)
+    summary = run("vae_stage", args)
     assert summary["start_step"] in (4, 8, 12) and summary["steps"] == 16  # continued, not restarted
     a, b = weights(whole), weights(broken)
     assert a.keys() == b.keys()
@@ -94,7 +74,6 @@ def free_port() -> int:
 
 def test_two_cpu_processes_train_like_one_with_the_same_global_batch(data, tmp_path):
     from diffad.models import build_autoencoder
-    from diffad.training import vae_stage
     from diffad.training.accelerate_setup import seeded
 
     common = ["--max_train_steps", "4", "--checkpointing_steps", "0", "--learning_rate", "1e-3"]
@@ -110,7 +89,7 @@ def test_two_cpu_processes_train_like_one_with_the_same_global_batch(data, tmp_p
         text=True,
     )
     one_args = vae_command(data, tmp_path / "one", *common, "--train_batch_size", "4")[2:]
-    run_in_process(vae_stage.main, vae_stage.parse_args, one_args)
+    run("vae_stage", one_args)
     _, stderr = two.communicate(timeout=240)
     assert two.returncode == 0, stderr[-3000:]
     assert "process 0/2" in stderr and "process 1/2" in stderr  # both ranks ran

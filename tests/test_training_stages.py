@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
+    # Runs compared bit for bit must use one thread count: another sums convolutions in another order.
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
