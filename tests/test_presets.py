@@ -15,6 +15,8 @@ from diffad.models import PRESETS, build_autoencoder, build_unet, downsample_fac
 # Small inputs keep the big presets quick: their size is in the weights, not the activations.
 IMAGE_SIZE = {"tiny": 16, "small": 16, "base": 8}
 BATCH = {"tiny": 2, "small": 1, "base": 1}
+# The base preset has 55-75 M parameters: seconds per test even on 8 px inputs.
+PRESET_PARAMS = [p if p != "base" else pytest.param(p, marks=pytest.mark.slow) for p in PRESETS]
 
 
 @pytest.fixture(autouse=True)
@@ -39,7 +41,7 @@ def _vae_forward(vae, x):
 
 
 @pytest.mark.parametrize("model_type", ["kl", "vq"])
-@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("preset", PRESET_PARAMS)
 def test_autoencoder_preset_trains_and_round_trips(tmp_path, preset, model_type):
     torch.manual_seed(0)  # weight init only; the test inputs use their own generator
     vae = build_autoencoder(preset, model_type, in_channels=1)
@@ -66,7 +68,7 @@ def test_autoencoder_preset_trains_and_round_trips(tmp_path, preset, model_type)
         assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), vae.state_dict().values()))
 
 
-@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("preset", PRESET_PARAMS)
 def test_unet_preset_trains_and_round_trips(tmp_path, preset):
     torch.manual_seed(0)
     size = 8 if preset != "tiny" else 16
