@@ -1,9 +1,9 @@
 """OpenSimplex noise (Kurt Spencer's 2014 algorithm) in torch, equal to the `opensimplex` 0.4.5 package.
 
-`opensimplex2` / `opensimplex3` follow `opensimplex.internals._noise2` / `_noise3` line by line, with
-each `if` turned into a `torch.where` so that any number of points runs as one tensor computation on
-any device. `noise2_lattice` is the same 2D algorithm with one permutation table per noise field,
-which is what `simplex_noise` batches over.
+`opensimplex3` follows `opensimplex.internals._noise3` line by line, each `if` turned into a
+`torch.where`. 2D noise runs on `lattice2`, the same algorithm as `_noise2` reorganised for speed
+(no `torch.where`, the four vertices stacked, gradients read from tables): with opensimplex's hashed
+gradients it is `opensimplex2`; with a random gradient per vertex it makes `simplex_noise`'s fields.
 """
 
 from functools import lru_cache
