@@ -17,6 +17,7 @@ COMMAND_MODULES: list[str] = [
     "diffad.synthesis.cli",
     "diffad.report.cli",
     "diffad.training.cli",
+    "diffad.demo",
 ]
 
 

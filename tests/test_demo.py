@@ -1,0 +1,59 @@
+"""`diffad demo` end to end on the ELPV package's cells, with a tiny random pipeline for speed."""
+
+import json
+
+import pytest
+import torch
+from diffad.pipelines.pipeline_anomaly_detection import AnomalyDetectionPipeline
+from diffusers import DDIMScheduler
+
+from diffad.cli import main
+from diffad.models import build_autoencoder, build_unet
+from diffad.scoring.scorer import AnomalyScorer
+
+SIZE = 16
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    pipe = AnomalyDetectionPipeline(
+        unet=build_unet("tiny", in_channels=4, sample_size=SIZE // 4),
+        scheduler=DDIMScheduler(num_train_timesteps=100),
+        scorer=AnomalyScorer(resolution=SIZE, num_inference_steps=2, noise="gaussian", smoothing_sigma=1.0),
+        vae=build_autoencoder("tiny", "kl", in_channels=1),
+    )
+    folder = tmp_path_factory.mktemp("model")
+    pipe.save_pretrained(folder)
+    return folder
+
+
+def test_demo_writes_both_reports_and_prints_the_table(model_dir, tmp_path, capsys):
+    out = tmp_path / "demo_output"
+    argv = ["demo", "--model", str(model_dir), "--output_dir", str(out), "--limit", "6"]
+    assert main([*argv, "--num_synthetic", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert "image_auroc" in printed and "synthetic defects" in printed
+    assert f"report: {out / 'index.html'}" in printed
+    real = json.loads((out / "real" / "metrics.json").read_text())
+    synthetic = json.loads((out / "synthetic" / "metrics.json").read_text())
+    assert real["num_images"] == 6 and real["pixel_auroc"] is None  # ELPV: image labels only
+    assert synthetic["pixel_auroc"] is not None and 0.0 <= synthetic["aupro"] <= 1.0
+    page = (out / "index.html").read_text()
+    assert 'href="real/report.html"' in page and 'href="synthetic/report.html"' in page
+    # The demo's own folder is reused on a rerun.
+    assert main([*argv, "--num_synthetic", "3"]) == 0
+
+
+def test_demo_refuses_a_folder_it_did_not_make(model_dir, tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    assert main(["demo", "--model", str(model_dir), "--output_dir", str(out)]) == 2
+    assert "did not write" in capsys.readouterr().err
+    assert (out / "notes.txt").read_text() == "keep me"
+
+
+def test_demo_says_how_to_get_a_model(tmp_path, capsys):
+    code = main(["demo", "--model", str(tmp_path / "none"), "--output_dir", str(tmp_path / "o")])
+    assert code == 2 and "diffad demo --train" in capsys.readouterr().err
