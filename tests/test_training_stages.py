@@ -51,6 +51,7 @@ def run(module_name, argv):
 
 
 def tiny(data, out, *extra):
+    # argparse keeps the last of a repeated option: `extra` may override these
     return ["--data", data, "--output_dir", out, "--preset", "tiny", "--resolution", 16,
             "--train_batch_size", 2, "--checkpointing_steps", 0, "--validation_steps", 0, *extra]  # fmt: skip
 
@@ -100,6 +101,18 @@ def test_time_budget_stops_every_stage_with_a_checkpoint_and_a_final_model(data,
         argv[:-2] + ["--max_train_steps", summary["steps"] + 1, "--resume_from_checkpoint", "latest"],
     )
     assert summary["start_step"] == summary["steps"] - 1 and not summary["stopped_for_time"]
+
+
+def test_accumulation_steps_both_optimizers_once_per_step(data, tmp_path):
+    # autoencoder and discriminator share one accumulate(): each steps once per optimizer step
+    out = tmp_path / "gan"
+    run("vae_stage", tiny(data, out, "--max_train_steps", 3, "--gradient_accumulation_steps", 2,
+                          "--disc_start", 1, "--checkpointing_steps", 3))  # fmt: skip
+    adam_steps = [
+        torch.load(out / "checkpoint-3" / name, weights_only=True)["state"][0]["step"].item()
+        for name in ("optimizer.bin", "optimizer_1.bin")
+    ]
+    assert adam_steps == [3, 2]  # the discriminator from step 1 on
 
 
 def test_vq_autoencoder_trains_and_saves(data, tmp_path):
@@ -156,11 +169,7 @@ def test_vae_path_without_an_autoencoder_is_refused(data, tmp_path):
 
 def test_resolution_the_downsampling_does_not_divide_is_refused(data, vae_dir, tmp_path):
     with pytest.raises(ConfigError, match="--resolution 18 is not divisible by 4.*16 or 20"):
-        run(
-            "vae_stage",
-            tiny(data, tmp_path / "a", "--max_train_steps", 1)[:-4]
-            + ["--resolution", 18, "--max_train_steps", 1],
-        )
+        run("vae_stage", tiny(data, tmp_path / "a", "--resolution", 18, "--max_train_steps", 1))
     # f=4 autoencoder x the tiny UNet's one halving: 8 must divide the resolution
     with pytest.raises(ConfigError, match="--resolution 20 is not divisible by 8"):
         run(

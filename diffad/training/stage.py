@@ -51,6 +51,20 @@ def make_optimizer(params, args) -> torch.optim.Optimizer:
     )
 
 
+def optimizer_update(accelerator, loss, model, optimizer, lr_scheduler, max_grad_norm: float) -> None:
+    """Backward, and at the end of an accumulation (accelerator.sync_gradients) clip and step.
+
+    Call inside `accelerator.accumulate(...)`: the prepared optimizer and scheduler skip their step
+    on the micro-batches in between.
+    """
+    accelerator.backward(loss)
+    if accelerator.sync_gradients:
+        accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    lr_scheduler.step()
+    optimizer.zero_grad()
+
+
 def resume_stage(accelerator, args, ema=None) -> int:
     """Load --resume_from_checkpoint (after `accelerator.prepare`) and return the step to continue from."""
     path = resolve_resume(args.resume_from_checkpoint, args.output_dir)

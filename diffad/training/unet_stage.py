@@ -24,7 +24,14 @@ from diffad.training.latents import encode_all, load_autoencoder, scaling_factor
 from diffad.training.order import BatchOrder, generator_for, global_randint, rank_rows
 from diffad.training.panels import error_rows, save_panel, to_uint8
 from diffad.training.pipeline_folder import PIPELINE_ENTRIES, detection_pipeline, write_detection_pipeline
-from diffad.training.stage import make_optimizer, panel_path, resume_stage, start_stage, train_and_save
+from diffad.training.stage import (
+    make_optimizer,
+    optimizer_update,
+    panel_path,
+    resume_stage,
+    start_stage,
+    train_and_save,
+)
 
 logger = get_logger("diffad.training")
 
@@ -132,7 +139,10 @@ def main(args: argparse.Namespace) -> dict:
     # Versions of every latent: [original] or [original, mirror]; a coin per row picks one.
     versions = [latents * scale]
     if args.random_flip:
-        versions.append(encode_all(vae, images.flip(-1), batch_size=encode_batch, device=device) * scale)
+        mirrored = encode_all(
+            vae, images.flip(-1), batch_size=encode_batch, device=device, show_progress=main_process
+        )
+        versions.append(mirrored * scale)
     versions = torch.stack(versions).to(device)
     logger.info(
         f"{len(samples)} training images -> latents {tuple(latents.shape[1:])}, scaling factor {scale:.4f}"
@@ -156,29 +166,16 @@ def main(args: argparse.Namespace) -> dict:
         for k in range(accum):
             m = step * accum + k
             idx = torch.tensor(order.indices(m), device=device)
-            pick = rank_rows(
-                lambda shape, g: torch.randint(0, len(versions), shape, generator=g),
-                (len(idx),),
-                generator_for(args.seed, "flip", m),
-                rank=rank,
-                world_size=world,
-            ).to(device)
+            flip = generator_for(args.seed, "flip", m)
+            pick = global_randint(len(versions), len(idx), flip, rank=rank, world_size=world).to(device)
             x0 = versions[pick, idx]
             noise = draw_noise(args.noise, x0.shape, generator_for(args.seed, "noise", m), accelerator).to(x0)
-            t = global_randint(
-                max_t, len(idx), generator_for(args.seed, "timesteps", m), rank=rank, world_size=world
-            )
-            t = t.to(device)
+            steps_gen = generator_for(args.seed, "timesteps", m)
+            t = global_randint(max_t, len(idx), steps_gen, rank=rank, world_size=world).to(device)
             noisy = noise_scheduler.add_noise(x0, noise, t)
             with accelerator.accumulate(unet):
-                pred = unet(noisy, t).sample
-                loss = F.mse_loss(pred.float(), noise.float())
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(unet.parameters(), args.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad()
+                loss = F.mse_loss(unet(noisy, t).sample.float(), noise.float())
+                optimizer_update(accelerator, loss, unet, optimizer, lr_scheduler, args.max_grad_norm)
             total += loss.detach().item() / accum
         if ema is not None:
             ema.step(accelerator.unwrap_model(unet).parameters())

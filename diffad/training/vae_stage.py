@@ -24,7 +24,14 @@ from diffad.training.data import (
 from diffad.training.ema import ema_weights, make_ema
 from diffad.training.order import BatchOrder, generator_for, global_randn, random_hflip
 from diffad.training.panels import error_rows, save_panel
-from diffad.training.stage import make_optimizer, panel_path, resume_stage, start_stage, train_and_save
+from diffad.training.stage import (
+    make_optimizer,
+    optimizer_update,
+    panel_path,
+    resume_stage,
+    start_stage,
+    train_and_save,
+)
 
 logger = get_logger("diffad.training")
 
@@ -137,6 +144,13 @@ def main(args: argparse.Namespace) -> dict:
     )
     raw_disc = accelerator.unwrap_model(disc) if use_disc else None
 
+    def posterior_noise(x: torch.Tensor, m: int) -> torch.Tensor | None:
+        if args.model_type != "kl":
+            return None
+        f = downsample_factor(raw_vae)
+        shape = (x.shape[0], raw_vae.config.latent_channels, x.shape[-2] // f, x.shape[-1] // f)
+        return global_randn(shape, generator_for(args.seed, "posterior", m), rank=rank, world_size=world)
+
     def train_step(step: int) -> dict[str, float]:
         sums: dict[str, float] = {}
         disc_on = use_disc and step >= args.disc_start
@@ -145,18 +159,9 @@ def main(args: argparse.Namespace) -> dict:
             x = next(batches)["image"].to(device)
             if args.random_flip:
                 x = random_hflip(x, generator_for(args.seed, "flip", m), rank=rank, world_size=world)
-            eps = None
-            if args.model_type == "kl":
-                shape = (
-                    x.shape[0],
-                    raw_vae.config.latent_channels,
-                    *(s // downsample_factor(raw_vae) for s in x.shape[-2:]),
-                )
-                eps = global_randn(
-                    shape, generator_for(args.seed, "posterior", m), rank=rank, world_size=world
-                )
-            with accelerator.accumulate(model):
-                rec, reg = model(x, eps)
+            # One accumulate() per micro-batch for both networks: accelerate counts its calls.
+            with accelerator.accumulate(*((model, disc) if disc_on else (model,))):
+                rec, reg = model(x, posterior_noise(x, m))
                 # The generator's adversarial term goes through the bare discriminator with frozen
                 # weights: no gradient reaches it, and its DDP wrapper is not involved.
                 if disc_on:
@@ -175,22 +180,13 @@ def main(args: argparse.Namespace) -> dict:
                 )
                 if disc_on:
                     raw_disc.requires_grad_(True)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad()
-            if disc_on:
-                with accelerator.accumulate(disc):
+                optimizer_update(accelerator, loss, model, optimizer, lr_scheduler, args.max_grad_norm)
+                if disc_on:
                     d_loss, d_logs = discriminator_loss(
                         disc, x, rec.detach(), step=step, disc_start=args.disc_start
                     )
-                    accelerator.backward(d_loss)
-                    d_optimizer.step()
-                    d_scheduler.step()
-                    d_optimizer.zero_grad()
-                logs.update(d_logs)
+                    optimizer_update(accelerator, d_loss, disc, d_optimizer, d_scheduler, args.max_grad_norm)
+                    logs.update(d_logs)
             for key, value in logs.items():
                 sums[key] = sums.get(key, 0.0) + value / accum
         if ema is not None:
