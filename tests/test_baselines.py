@@ -9,6 +9,7 @@ import torch
 from data_trees import make_mvtec_tree
 from sklearn.neighbors import NearestNeighbors
 
+from diffad import AnomalyDetectionOutput
 from diffad.baselines import PaDiM, PatchCore, greedy_coreset
 from diffad.baselines.fit import fit_baseline
 from diffad.baselines.fusion import fit_fusion, fuse_maps
@@ -51,6 +52,9 @@ def test_padim_gaussians_match_numpy_and_find_a_square():
     assert out.anomaly_maps.shape == (8, 32, 32) and out.anomaly_scores.shape == (8,)
     assert out.anomaly_scores[4:].min() > out.anomaly_scores[:4].max()
     assert out.reconstructions is None
+    assert isinstance(out, AnomalyDetectionOutput)  # the detection pipeline's own output class
+    maps, scores, recon = padim(good, return_dict=False)
+    assert np.array_equal(maps, out.anomaly_maps[:4]) and recon is None
 
 
 def test_maps_come_back_at_each_input_size():
@@ -84,7 +88,9 @@ def test_same_seed_same_coreset():
 
 
 def test_patchcore_distances_match_sklearn_nearest_neighbours():
-    core = PatchCore(tiny_extractor(), resolution=32, coreset_ratio=0.25, border_pad=8, sigma=1.0)
+    core = PatchCore(
+        tiny_extractor(), resolution=32, coreset_ratio=0.25, calibration_fraction=0, border_pad=8, sigma=1.0
+    )
     core.fit([textures(6, seed=1)], progress=False)
     emb = core.embed(textures(2, seed=4))
     assert emb.shape[-2:] == (8, 8)  # the mirrored margin is cropped off the stride-4 grid
@@ -93,6 +99,23 @@ def test_patchcore_distances_match_sklearn_nearest_neighbours():
     ref, _ = NearestNeighbors(n_neighbors=1).fit(core.memory_bank.numpy()).kneighbors(queries)
     assert np.allclose(ours, ref[:, 0], atol=1e-4)
     assert len(core.memory_bank) == round(6 * 64 * 0.25)
+
+
+def test_patchcore_calibration_divides_by_held_out_distances():
+    train = textures(10, seed=1)
+    core = PatchCore(tiny_extractor(), resolution=32, coreset_ratio=0.5, calibration_fraction=0.2, sigma=1.0)
+    core.fit([train], generator=torch.Generator().manual_seed(0), progress=False)
+    assert len(core.memory_bank) == round(8 * 64 * 0.5)  # 2 of 10 images held out of the bank
+    emb = core.embed(train)
+    flat = emb.permute(0, 2, 3, 1).reshape(10, 64, -1).numpy()
+    neighbours = NearestNeighbors(n_neighbors=1).fit(core.memory_bank.numpy())
+    dist = np.stack([neighbours.kneighbors(f)[0][:, 0] for f in flat])  # (10, 64)
+    # The two held-out images are the ones with no patch in the bank; the scale is their mean distance.
+    held = np.argsort(dist.min(1))[-2:]
+    assert np.all(dist[held].min(1) > 1e-4) and np.sum(dist.min(1) < 1e-5) == 8
+    assert np.allclose(core.position_scale.flatten().numpy(), dist[held].mean(0), rtol=1e-4)
+    ours = core._patch_scores(emb[held]).flatten(1).numpy()
+    assert np.allclose(ours, dist[held] / dist[held].mean(0), rtol=1e-3)
 
     out = core(torch.cat([textures(3, 5), with_square(textures(3, 6))]))
     assert out.anomaly_maps.shape == (6, 32, 32)
@@ -132,6 +155,9 @@ def test_unfitted_and_bad_options_raise():
         PatchCore(tiny_extractor(), resolution=32, border_pad=32)
     with pytest.raises(ConfigError, match="coreset_ratio"):
         PatchCore(tiny_extractor(), resolution=32, coreset_ratio=0)
+    core = PatchCore(tiny_extractor(), resolution=32).fit([textures(3, 0)], progress=False)
+    with pytest.raises(ConfigError, match="fitted resolution"):
+        core._patch_scores(core.embed(textures(1, 0, size=64)[:, :, :48]))
 
 
 def test_fit_baseline_end_to_end(tmp_path, monkeypatch):

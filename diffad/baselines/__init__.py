@@ -1,7 +1,6 @@
 """Reference detectors on pretrained features: PaDiM and PatchCore."""
 
-from diffad.baselines.common import AnomalyDetectionOutput
 from diffad.baselines.padim import PaDiM
 from diffad.baselines.patchcore import PatchCore, greedy_coreset
 
-__all__ = ["AnomalyDetectionOutput", "PaDiM", "PatchCore", "greedy_coreset"]
+__all__ = ["PaDiM", "PatchCore", "greedy_coreset"]

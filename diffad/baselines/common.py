@@ -6,13 +6,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers.utils import BaseOutput
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
@@ -21,15 +19,6 @@ from diffad.errors import ConfigError
 CONFIG_NAME = "detector_config.json"
 WEIGHTS_NAME = "detector.safetensors"
 EXTRACTOR_FOLDER = "feature_extractor"
-
-
-@dataclass
-class AnomalyDetectionOutput(BaseOutput):
-    """Same fields as the detection pipeline's output; reference detectors reconstruct nothing."""
-
-    anomaly_maps: np.ndarray | torch.Tensor | list
-    anomaly_scores: np.ndarray | torch.Tensor
-    reconstructions: None = None
 
 
 def image_to_tensor(image) -> torch.Tensor:
@@ -176,6 +165,9 @@ class FeatureDetector:
             scores = scores.numpy()
         if not return_dict:
             return maps, scores, None
+        # The pipeline's output class, imported here: importing the pipelines (diffusers') is slow.
+        from diffad.pipelines.pipeline_anomaly_detection import AnomalyDetectionOutput
+
         return AnomalyDetectionOutput(anomaly_maps=maps, anomaly_scores=scores, reconstructions=None)
 
     # --- saving ---------------------------------------------------------------------------------
