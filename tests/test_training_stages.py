@@ -133,8 +133,10 @@ def test_diffad_fit_runs_both_stages_then_refuses_or_resumes(data, tmp_path, cap
     assert main(argv) == 0
     assert (out / "model_index.json").is_file() and (out / "autoencoder" / "config.json").is_file()
     summary = json.loads((out / "fit_summary.json").read_text())
-    assert [s["stage"] for s in summary["stages"]] == ["vae", "unet"]
-    assert all(s["steps"] == 2 for s in summary["stages"])
+    assert [s["stage"] for s in summary["stages"]] == ["vae", "unet", "calibration"]
+    assert [s.get("steps") for s in summary["stages"]] == [2, 2, None]
+    scorer = json.loads((out / "scorer" / "config.json").read_text())
+    assert scorer["calibration"] == "global" and scorer["resolution"] == 16
 
     assert main(argv) == 2  # the folder holds a fit now
     assert "--resume" in capsys.readouterr().err

@@ -22,7 +22,7 @@ DEFAULT_VAE_STEPS = 3000
 DEFAULT_UNET_STEPS = 6000
 VAE_SHARE = 0.4  # of the time budget; stage 2 gets what stage 1 leaves
 HEAD_SHARE = 0.25  # of the time budget, taken first, when --with_head
-MARGIN = 0.95  # of the budget the stages may use; the rest covers start-up and the final saves
+MARGIN = 0.9  # of the budget the stages may use; the rest: start-up, final saves, calibration
 
 
 def add_fit_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -56,6 +56,13 @@ def add_fit_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--disc_start", type=int, default=None, help="stage 1 discriminator from this step (default: none)"
     )
     p.add_argument("--use_ema", action="store_true")
+    p.add_argument(
+        "--calibration",
+        choices=("none", "global", "per_pixel"),
+        default="global",
+        help="standardise each residual by its statistics on good training images (see AnomalyScorer)",
+    )
+    p.add_argument("--calibration_images", type=int, default=32, help="good images the calibration uses")
     p.add_argument(
         "--with_head", action="store_true", help="also train a segmentation head on synthetic defects"
     )
@@ -188,10 +195,30 @@ def run_fit(args: argparse.Namespace) -> int:
     argv += _minutes(deadline, stage_share)
     summaries.append(_run_stage(unet_stage, argv))
 
+    if args.calibration != "none":
+        from diffad.training.calibration import calibrate_pipeline
+
+        t0 = time.monotonic()
+        count = calibrate_pipeline(
+            out,
+            args.data,
+            args.category,
+            mode=args.calibration,
+            num_images=args.calibration_images,
+            seed=args.seed,
+        )
+        seconds = round(time.monotonic() - t0, 1)
+        summaries.append(
+            {"stage": "calibration", "mode": args.calibration, "images": count, "seconds": seconds}
+        )
+
     if args.with_head:
         summaries.append(_fit_head(args, out, deadline))
     write_json_atomic(out / FIT_SUMMARY, {"stages": summaries, "budget_minutes": budget})
     for s in summaries:
+        if s["stage"] == "calibration":
+            print(f"diffad fit: calibration ({s['mode']}) on {s['images']} good images, {s['seconds']} s")
+            continue
         losses = ", ".join(f"{k} {v:.4g}" for k, v in s.items() if k.endswith("loss"))
         print(f"diffad fit: {s['stage']}: {s['steps']} steps, {s['steps_per_second']:.3f} steps/s, {losses}")
     print(f"diffad fit: detection pipeline written to {out}")
