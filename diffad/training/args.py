@@ -43,7 +43,12 @@ def add_training_args(parser: argparse.ArgumentParser, *, default_lr: float, def
     g.add_argument("--adam_beta2", type=float, default=0.999)
     g.add_argument("--adam_weight_decay", type=float, default=0.0)
     g.add_argument("--max_grad_norm", type=float, default=1.0)
-    g.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default="no")
+    g.add_argument(
+        "--mixed_precision",
+        choices=("no", "fp16", "bf16"),
+        default=None,
+        help="default: the accelerate config's (`accelerate launch`), else no",
+    )
     g.add_argument("--use_ema", action="store_true", help="keep an EMA of the weights and save that")
     g.add_argument("--ema_decay", type=float, default=0.999)
     g.add_argument("--checkpointing_steps", type=int, default=500, help="write checkpoint-N every N steps")

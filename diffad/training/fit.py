@@ -68,7 +68,7 @@ def add_fit_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     p.add_argument("--head_steps", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default="no")
+    p.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default=None)
     p.add_argument("--report_to", choices=("tensorboard", "none"), default="none")
     p.add_argument("--checkpointing_steps", type=int, default=500)
     p.add_argument("--validation_steps", type=int, default=500)
@@ -113,7 +113,6 @@ def _common(args, output_dir: Path, resume: bool) -> list[str]:
         "--channels", str(args.channels),
         "--output_dir", str(output_dir),
         "--seed", str(args.seed),
-        "--mixed_precision", args.mixed_precision,
         "--report_to", args.report_to,
         "--checkpointing_steps", str(args.checkpointing_steps),
         "--validation_steps", str(args.validation_steps),
@@ -122,6 +121,8 @@ def _common(args, output_dir: Path, resume: bool) -> list[str]:
     ]  # fmt: skip
     if args.category:
         argv += ["--category", args.category]
+    if args.mixed_precision:
+        argv += ["--mixed_precision", args.mixed_precision]
     if resume:
         argv += ["--resume_from_checkpoint", "latest"]
     elif args.overwrite_output_dir:
@@ -235,15 +236,18 @@ def _fit_head(args, out: Path, deadline: float | None) -> dict:
         "--output_dir", str(out / FIT_HEAD_DIR),
         "--preset", args.preset,
         "--seed", str(args.seed),
-        "--mixed_precision", args.mixed_precision,
         "--report_to", args.report_to,
     ]  # fmt: skip
     if args.category:
         argv += ["--category", args.category]
+    if args.mixed_precision:
+        argv += ["--mixed_precision", args.mixed_precision]
     if args.head_steps:
         argv += ["--max_train_steps", str(args.head_steps)]
     if args.resume:
         argv += ["--resume_from_checkpoint", "latest"]
+    elif args.overwrite_output_dir:
+        argv += ["--overwrite_output_dir", "--overwrite_head"]
     argv += _minutes(deadline, 1.0)
     summary = _run_stage(seg_stage, argv)
     return {"stage": "head", **summary} if "stage" not in summary else summary
