@@ -19,7 +19,14 @@ from diffad.training.checkpoints import (
     write_final_atomic,
 )
 from diffad.training.ema import ema_weights, load_ema, make_ema, save_ema
-from diffad.training.order import BatchOrder, generator_for, global_randint, global_randn, random_hflip
+from diffad.training.order import (
+    BatchOrder,
+    generator_for,
+    global_randint,
+    global_randn,
+    random_crops,
+    random_hflip,
+)
 from diffad.training.panels import error_rows, save_panel
 
 
@@ -85,6 +92,22 @@ def test_random_flip_mirrors_some_images_and_keeps_the_others():
     flipped = [bool(torch.equal(o, i.flip(-1))) for o, i in zip(out, images)]
     kept = [bool(torch.equal(o, i)) for o, i in zip(out, images)]
     assert all(f != k for f, k in zip(flipped, kept)) and 0 < sum(flipped) < 16
+
+
+def test_random_crops_are_windows_of_the_image_and_the_same_for_any_world_size():
+    images = torch.arange(6 * 10 * 12, dtype=torch.float32).view(6, 1, 10, 12)
+    crops = random_crops(images, 4, generator_for(1, "crop", 0))
+    corners = set()
+    for crop, image in zip(crops, images):
+        y, x = divmod(int(crop[0, 0, 0] - image[0, 0, 0]), 12)
+        assert torch.equal(crop, image[:, y : y + 4, x : x + 4]) and y <= 6 and x <= 8
+        corners.add((y, x))
+    assert len(corners) > 1
+    halves = [
+        random_crops(images[r * 3 : r * 3 + 3], 4, generator_for(1, "crop", 0), rank=r, world_size=2)
+        for r in range(2)
+    ]
+    assert torch.equal(torch.cat(halves), crops)
 
 
 # --- the output folder ---------------------------------------------------------------------------

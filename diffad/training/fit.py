@@ -50,6 +50,12 @@ def add_fit_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     p.add_argument("--vae_batch_size", type=int, default=4)
     p.add_argument("--unet_batch_size", type=int, default=8)
+    p.add_argument(
+        "--vae_crop_size",
+        type=int,
+        default=None,
+        help="stage 1 trains on random crops of this size (default: half the resolution from 128 px; 0: whole images)",
+    )
     p.add_argument("--vae_learning_rate", type=float, default=3e-4)
     p.add_argument("--unet_learning_rate", type=float, default=3e-4)
     p.add_argument(
@@ -87,6 +93,11 @@ def register(subparsers) -> None:
     )
     add_fit_args(p)
     p.set_defaults(func=run_fit)
+
+
+def _default_crop(resolution: int) -> int:
+    """Half-size crops from 128 px up: a quarter of the cost per image, the same texture scale."""
+    return resolution // 2 if resolution >= 128 else 0
 
 
 def _budget(args) -> float | None:
@@ -176,6 +187,9 @@ def run_fit(args: argparse.Namespace) -> int:
             "--learning_rate", str(args.vae_learning_rate),
             "--random_flip",
         ]  # fmt: skip
+        crop = args.vae_crop_size if args.vae_crop_size is not None else _default_crop(args.resolution)
+        if crop:
+            argv += ["--crop_size", str(crop)]
         argv += ["--max_train_steps", str(args.vae_steps or DEFAULT_VAE_STEPS)]
         if args.disc_start is not None:
             argv += ["--disc_start", str(args.disc_start)]

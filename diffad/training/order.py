@@ -131,3 +131,13 @@ def random_hflip(images: torch.Tensor, generator: torch.Generator, *, rank: int 
         world_size=world_size,
     ).to(images.device)
     return torch.where(flip.view(-1, *([1] * (images.dim() - 1))), images.flip(-1), images)
+
+
+def random_crops(
+    images: torch.Tensor, size: int, generator: torch.Generator, *, rank: int = 0, world_size: int = 1
+):
+    """A size x size window of each image, its corner drawn for the global batch."""
+    n, _, h, w = images.shape
+    ys = global_randint(h - size + 1, n, generator, rank=rank, world_size=world_size).tolist()
+    xs = global_randint(w - size + 1, n, generator, rank=rank, world_size=world_size).tolist()
+    return torch.stack([img[:, y : y + size, x : x + size] for img, y, x in zip(images, ys, xs)])

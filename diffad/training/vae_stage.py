@@ -11,6 +11,7 @@ import torch
 from accelerate.logging import get_logger
 from torch import nn
 
+from diffad.errors import ConfigError
 from diffad.training.accelerate_setup import make_lr_scheduler, seeded
 from diffad.training.args import add_data_args, add_training_args, check_resolution
 from diffad.training.checkpoints import write_final_atomic
@@ -22,7 +23,7 @@ from diffad.training.data import (
     validation_samples,
 )
 from diffad.training.ema import ema_weights, make_ema
-from diffad.training.order import BatchOrder, generator_for, global_randn, random_hflip
+from diffad.training.order import BatchOrder, generator_for, global_randn, random_crops, random_hflip
 from diffad.training.panels import error_rows, save_panel
 from diffad.training.stage import (
     make_optimizer,
@@ -45,6 +46,12 @@ def add_vae_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--model_type", choices=("kl", "vq"), default="kl", help="AutoencoderKL or VQModel")
     g.add_argument("--preset", choices=("tiny", "small", "base"), default="small")
     g.add_argument("--regularization_weight", type=float, default=None, help="KL/VQ weight (kl 1e-6, vq 1)")
+    g.add_argument(
+        "--crop_size",
+        type=int,
+        default=None,
+        help="train on random crops of this size (a fraction of the cost per image); panels use whole images",
+    )
     g.add_argument("--ssim_weight", type=float, default=1.0, help="weight of 1 - SSIM beside L1")
     g.add_argument(
         "--disc_start", type=int, default=None, help="step the discriminator starts at (default: none)"
@@ -104,6 +111,12 @@ def main(args: argparse.Namespace) -> dict:
     with seeded(args.seed):
         vae = build_autoencoder(args.preset, args.model_type, in_channels=args.channels)
     check_resolution(args.resolution, downsample_factor(vae), f"the {args.preset} autoencoder")
+    if args.crop_size is not None:
+        if not 0 < args.crop_size <= args.resolution or args.crop_size % downsample_factor(vae):
+            raise ConfigError(
+                f"--crop_size {args.crop_size} must be at most --resolution {args.resolution} and a "
+                f"multiple of {downsample_factor(vae)}, the autoencoder's downsampling factor"
+            )
     use_disc = args.disc_start is not None
     disc = None
     if use_disc:
@@ -159,6 +172,9 @@ def main(args: argparse.Namespace) -> dict:
             x = next(batches)["image"].to(device)
             if args.random_flip:
                 x = random_hflip(x, generator_for(args.seed, "flip", m), rank=rank, world_size=world)
+            if args.crop_size:
+                corner = generator_for(args.seed, "crop", m)
+                x = random_crops(x, args.crop_size, corner, rank=rank, world_size=world)
             # One accumulate() per micro-batch for both networks: accelerate counts its calls.
             with accelerator.accumulate(*((model, disc) if disc_on else (model,))):
                 rec, reg = model(x, posterior_noise(x, m))
