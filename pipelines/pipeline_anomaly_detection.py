@@ -80,7 +80,9 @@ class AnomalyDetectionPipeline(DiffusionPipeline):
         feature_extractor: optional backbone for feature residuals: a module returning a tensor or a
             list of (N, C, H, W) tensors (e.g. `diffad.models.efficientnet.EfficientNetLiteFeatures`),
             or a transformers vision model (its hidden states / feature maps are used).
-        segmentation_head: reserved for a learned map head (not used by this pipeline yet).
+        segmentation_head: optional `diffad.models.SegmentationHead` (train_seg.py): when present, the
+            map is its defect logits for (image, reconstruction), plus its `residual_weight` times the
+            calibrated residual map.
     """
 
     _optional_components = ["vae", "feature_extractor", "segmentation_head"]
@@ -164,6 +166,8 @@ class AnomalyDetectionPipeline(DiffusionPipeline):
         for start, batch in self._batches(images, batch_size):
             residuals, x_hat = self._residual_maps(batch, settings, seeds[start : start + len(batch)])
             batch_maps = self.scorer.combine(residuals)
+            if self.segmentation_head is not None:
+                batch_maps = self._head_maps(batch, x_hat, batch_maps)
             scores.append(self.scorer.score(batch_maps).float().cpu())
             for original, anomaly_map, recon in zip(batch, batch_maps, x_hat):
                 size = tuple(original.shape[-2:])
@@ -272,6 +276,13 @@ class AnomalyDetectionPipeline(DiffusionPipeline):
                     sums[name] = residual if name not in sums else sums[name] + residual
         members = len(settings.strengths) * settings.num_ensemble
         return {name: self.scorer.smooth(total / members) for name, total in sums.items()}, first
+
+    def _head_maps(self, originals: list[torch.Tensor], x_hat: torch.Tensor, residual_map: torch.Tensor):
+        """The segmentation head's map (N, R, R) for the images at working size and their reconstructions."""
+        head = self.segmentation_head
+        size = (self.resolution, self.resolution)
+        x = torch.cat([resize(im[None], size) for im in originals]).to(device=x_hat.device, dtype=head.dtype)
+        return head.anomaly_map(x, x_hat.to(head.dtype), residual_map).to(residual_map.dtype)
 
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
         if self.vae is None:

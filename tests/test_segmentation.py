@@ -279,3 +279,24 @@ def test_bad_arguments_are_config_errors(tmp_path, pipeline_dir, data_dir):
         seg_stage.load_pipeline(tmp_path)
     with pytest.raises(ConfigError, match="--resolution 64 differs"):
         seg_stage.main(stage_args(tmp_path, pipeline_dir, data_dir, "--resolution", "64"))
+
+
+def test_pipeline_map_with_a_head_is_the_heads_fused_map():
+    from diffad.models.segmentation import build_segmentation_head
+
+    pipe = tiny_pipeline()
+    x = torch.rand(3, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    plain = pipe(x, generator=torch.Generator().manual_seed(0), output_type="pt")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        head = build_segmentation_head("tiny", image_channels=1, residual_weight=0.5).eval()
+    torch.nn.init.normal_(head.out.weight, std=0.5, generator=torch.Generator().manual_seed(2))
+    pipe.register_modules(segmentation_head=head)
+    fused = pipe(x, generator=torch.Generator().manual_seed(0), output_type="pt")
+
+    # The same reconstructions; the map is the head's logits plus 0.5 x the residual map it replaces.
+    torch.testing.assert_close(fused.reconstructions, plain.reconstructions, rtol=0, atol=0)
+    expected = head(x, plain.reconstructions * 2 - 1)[:, 0] + 0.5 * plain.anomaly_maps
+    torch.testing.assert_close(fused.anomaly_maps, expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(fused.anomaly_scores, expected.amax(dim=(-2, -1)), rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(fused.anomaly_maps, plain.anomaly_maps)
