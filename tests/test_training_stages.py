@@ -167,6 +167,7 @@ def test_vae_path_without_an_autoencoder_is_refused(data, tmp_path):
         run(
             "unet_stage", tiny(data, tmp_path / "out2", "--vae", tmp_path / "missing", "--max_train_steps", 1)
         )
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out2").exists()  # refused before writing
 
 
 def test_resolution_the_downsampling_does_not_divide_is_refused(data, vae_dir, tmp_path):
@@ -178,12 +179,14 @@ def test_resolution_the_downsampling_does_not_divide_is_refused(data, vae_dir, t
             "unet_stage",
             tiny(data, tmp_path / "b", "--vae", vae_dir, "--resolution", 20, "--max_train_steps", 1),
         )
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
 def test_empty_training_set_is_refused(tmp_path):
     empty = make_mvtec_tree(tmp_path / "data", n_train=0, n_good_test=2, n_defect=1)
     with pytest.raises(DataError, match="train"):
         run("vae_stage", tiny(empty, tmp_path / "out", "--max_train_steps", 1))
+    assert not (tmp_path / "out").exists()
 
 
 def test_the_scripts_print_the_error_and_exit_2(data, tmp_path):

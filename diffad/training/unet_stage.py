@@ -17,7 +17,7 @@ from accelerate.logging import get_logger
 
 from diffad.errors import ConfigError
 from diffad.training.accelerate_setup import make_lr_scheduler, seeded
-from diffad.training.args import add_data_args, add_training_args, check_resolution
+from diffad.training.args import add_data_args, add_training_args, check_resolution, check_training_args
 from diffad.training.data import good_training_samples, load_images, training_images, validation_samples
 from diffad.training.ema import ema_weights, make_ema
 from diffad.training.latents import encode_all, load_autoencoder, scaling_factor
@@ -106,11 +106,11 @@ def main(args: argparse.Namespace) -> dict:
     from diffad.schedulers import NoiseDDIMScheduler
     from diffad.scoring.scorer import AnomalyScorer
 
-    check_unet_args(args)
     started = time.monotonic()
-    accelerator = start_stage(args, name="train_unet", model_entries=PIPELINE_ENTRIES)
-    device, main_process = accelerator.device, accelerator.is_main_process
-    vae = None if args.pixel_space else load_autoencoder(args.vae).to(device)
+    check_training_args(args)
+    check_unet_args(args)
+    # Everything a user can get wrong is checked before the output folder is touched.
+    vae = None if args.pixel_space else load_autoencoder(args.vae)
     vae_factor = 1 if vae is None else downsample_factor(vae)
     check_resolution(args.resolution, vae_factor, "the autoencoder")
     latent_res = args.resolution // vae_factor
@@ -129,6 +129,9 @@ def main(args: argparse.Namespace) -> dict:
         )
 
     samples = good_training_samples(args.data, args.category)
+    accelerator = start_stage(args, name="train_unet", model_entries=PIPELINE_ENTRIES)
+    device, main_process = accelerator.device, accelerator.is_main_process
+    vae = None if vae is None else vae.to(device)
     images = training_images(samples, args.resolution, args.channels, show_progress=main_process).images
     encode_batch = max(4 * args.train_batch_size, 8)
     latents = encode_all(vae, images, batch_size=encode_batch, device=device, show_progress=main_process)

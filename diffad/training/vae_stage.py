@@ -13,7 +13,7 @@ from torch import nn
 
 from diffad.errors import ConfigError
 from diffad.training.accelerate_setup import make_lr_scheduler, seeded
-from diffad.training.args import add_data_args, add_training_args, check_resolution
+from diffad.training.args import add_data_args, add_training_args, check_resolution, check_training_args
 from diffad.training.checkpoints import write_final_atomic
 from diffad.training.data import (
     good_training_samples,
@@ -106,8 +106,8 @@ def main(args: argparse.Namespace) -> dict:
     )
 
     started = time.monotonic()
-    accelerator = start_stage(args, name="train_vae", model_entries=VAE_ENTRIES)
-    device, main_process = accelerator.device, accelerator.is_main_process
+    check_training_args(args)
+    # Everything a user can get wrong is checked before the output folder is touched.
     with seeded(args.seed):
         vae = build_autoencoder(args.preset, args.model_type, in_channels=args.channels)
     check_resolution(args.resolution, downsample_factor(vae), f"the {args.preset} autoencoder")
@@ -117,6 +117,9 @@ def main(args: argparse.Namespace) -> dict:
                 f"--crop_size {args.crop_size} must be at most --resolution {args.resolution} and a "
                 f"multiple of {downsample_factor(vae)}, the autoencoder's downsampling factor"
             )
+    samples = good_training_samples(args.data, args.category)
+    accelerator = start_stage(args, name="train_vae", model_entries=VAE_ENTRIES)
+    device, main_process = accelerator.device, accelerator.is_main_process
     use_disc = args.disc_start is not None
     disc = None
     if use_disc:
@@ -124,10 +127,9 @@ def main(args: argparse.Namespace) -> dict:
             disc = PatchDiscriminator(
                 in_channels=args.channels,
                 base_channels=16 if args.preset == "tiny" else 64,
-                num_layers=discriminator_layers(args.resolution),
+                num_layers=discriminator_layers(args.crop_size or args.resolution),
             )
 
-    samples = good_training_samples(args.data, args.category)
     dataset = training_images(samples, args.resolution, args.channels, show_progress=main_process)
     model = Autoencoding(vae)
     optimizer = make_optimizer(model.parameters(), args)
