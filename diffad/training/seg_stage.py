@@ -60,8 +60,9 @@ def add_seg_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--head_stride",
         type=int,
         choices=(1, 2),
-        default=1,
-        help="2: the head reads half-size inputs (4x cheaper)",
+        default=2,
+        help="2: the head reads half-size inputs, 4x cheaper (at 128 px, 1 thread: +7 %% of a tiny pipeline's "
+        "detection time, +1.4 %% of a small one's; stride 1: +28 %% and +5 %%)",
     )
     g.add_argument(
         "--head_fusion",
