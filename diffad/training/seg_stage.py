@@ -1,8 +1,8 @@
 """Stage 3: a segmentation head learns, from synthetic defects, which reconstruction differences matter.
 
 Given a trained detection pipeline (`--model`, stages 1-2), each round of training builds a pool of
-samples: every good training image (drawn afresh each round) either stays good (mask zero, with
-probability --good_fraction) or gets a synthetic defect from one of --methods; each sample is then
+samples: --pool_size good training images (a fresh draw each round) each either stay good (mask
+zero, with probability --good_fraction) or get a synthetic defect from one of --methods; each is then
 reconstructed by the pipeline at its detection strength (jittered by --strength_jitter) and steps.
 Reconstruction is the expensive part, so a pool is reused for --pool_epochs epochs before the next
 round draws a new one. Every draw is a function of (seed, round, item), so a resumed run rebuilds
@@ -82,7 +82,11 @@ def add_seg_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     g.add_argument("--good_fraction", type=float, default=0.5, help="share of samples left without a defect")
     g.add_argument(
-        "--pool_size", type=int, default=None, help="samples per round (default: the training images)"
+        "--pool_size",
+        type=int,
+        default=64,
+        help="samples per round, each reconstructed once (0: one per training image). Small rounds keep "
+        "a --max_minutes budget: a round is built before its first step, about 0.3-2 s per sample on a CPU",
     )
     g.add_argument("--pool_epochs", type=int, default=4, help="epochs over one pool before drawing the next")
     g.add_argument(
@@ -123,8 +127,8 @@ def check_seg_args(args) -> None:
     for name in ("pool_epochs", "recon_batch_size", "diffusion_steps"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name} must be at least 1, not {getattr(args, name)}")
-    if args.pool_size is not None and args.pool_size < 1:
-        raise ConfigError(f"--pool_size must be at least 1, not {args.pool_size}")
+    if args.pool_size < 0:
+        raise ConfigError(f"--pool_size must not be negative, not {args.pool_size}")
     if args.head_fusion < 0 or args.focal_weight < 0 or args.dice_weight < 0:
         raise ConfigError("--head_fusion, --focal_weight and --dice_weight must not be negative")
 
