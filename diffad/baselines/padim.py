@@ -99,7 +99,9 @@ class PaDiM(FeatureDetector):
         cov = (outer - count * mean[:, :, None] * mean[:, None, :]) / (count - 1)
         cov += self.config["epsilon"] * torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
         self.mean = mean.float()
-        self.precision = torch.linalg.inv(cov).float().contiguous()  # inv returns column-major
+        # Cholesky, not torch.linalg.inv: batched inv fails with 2+ threads in torch 2.13's CPU build
+        # (MKL "DLASWP" errors, then "Pivots given to lu_solve..."); the covariance is SPD anyway.
+        self.precision = torch.cholesky_inverse(torch.linalg.cholesky(cov)).float().contiguous()
         return self
 
     def _patch_scores(self, emb: torch.Tensor) -> torch.Tensor:
