@@ -25,6 +25,7 @@ from diffad.errors import ConfigError
 from diffad.models import downsample_factor
 from diffad.noise import sample_noise
 from diffad.schedulers import NoiseDDIMScheduler, NoiseDDPMScheduler, partial_timesteps
+from diffad.scoring import feature_gaussian as fg
 from diffad.scoring.features import extract_features
 from diffad.scoring.images import format_outputs, resize, to_tensor_list
 from diffad.scoring.residuals import feature_residual, latent_residual, pixel_residual, ssim_residual
@@ -186,12 +187,19 @@ class AnomalyDetectionPipeline(DiffusionPipeline):
         generator: torch.Generator | list[torch.Generator] | None = None,
         mode: str = "per_pixel",
         batch_size: int = 8,
+        gaussian_images=None,
     ) -> AnomalyDetectionPipeline:
         """Record the mean and standard deviation of each residual over good images, per pixel or
         global, in the scorer; later maps are standardised by them (z-scores, comparable across
         residuals, images and categories). Uses the scorer's current settings: detect with the same
-        ones (a strength passed to `__call__` changes the residuals' scale). Returns the pipeline."""
+        ones (a strength passed to `__call__` changes the residuals' scale). Returns the pipeline.
+
+        With a feature extractor and `feature_gaussian_weight` > 0, the feature Gaussians are fitted
+        first, on `gaussian_images` (default: `good_images`; better, other good images than those the
+        statistics come from, since images a Gaussian was fitted on lie closer to it than unseen ones)."""
         check_choice("calibration mode", mode, CALIBRATIONS)
+        if self.feature_extractor is not None and self.scorer.weight("feature_gaussian") > 0:
+            self.fit_feature_gaussian(good_images if gaussian_images is None else gaussian_images, batch_size)
         if mode == "none":
             self.scorer.set_calibration("none", {})
             return self
@@ -211,6 +219,42 @@ class AnomalyDetectionPipeline(DiffusionPipeline):
                 )
         self.scorer.set_calibration(mode, moments)
         return self
+
+    @torch.no_grad()
+    def fit_feature_gaussian(self, good_images, batch_size: int = 8) -> AnomalyDetectionPipeline:
+        """Fit the scorer's per-position feature Gaussians (the "feature_gaussian" residual) on good images."""
+        if self.feature_extractor is None:
+            raise ConfigError("the feature_gaussian residual needs a feature_extractor in the pipeline")
+        config = self.scorer.config
+        images = to_tensor_list(good_images, self.image_channels)
+        moments, projection = fg.GaussianMoments(), None
+        for _, batch in self._batches(images, batch_size):
+            embedding = self._embedding(self._working_size(batch))
+            if projection is None:
+                projection = fg.projection_matrix(
+                    embedding.shape[1], int(config.feature_gaussian_dim), int(config.feature_gaussian_seed)
+                )
+            moments.add(fg.project(embedding, projection), embedding.shape[-2:])
+        mean, precision = moments.gaussians(float(config.feature_gaussian_epsilon))
+        self.scorer.set_feature_gaussian(projection, mean, precision, moments.grid)
+        return self
+
+    def _embedding(self, x: torch.Tensor) -> torch.Tensor:
+        return fg.pooled_embedding(self._features(x))
+
+    def _feature_gaussian_map(self, x: torch.Tensor) -> torch.Tensor:
+        """Mahalanobis distance to the fitted feature Gaussians, upsampled to x's size: (N, H, W)."""
+        scorer = self.scorer
+        dist = fg.mahalanobis_map(
+            self._embedding(x), scorer.gaussian_projection, scorer.gaussian_mean, scorer.gaussian_precision
+        )
+        return resize(dist[:, None], tuple(x.shape[-2:]))[:, 0].float()
+
+    def _working_size(self, originals: list[torch.Tensor]) -> torch.Tensor:
+        size = (self.resolution, self.resolution)
+        return torch.cat([resize(im[None], size) for im in originals]).to(
+            device=self._execution_device, dtype=self.unet.dtype
+        )
 
     def _settings(self, strength, num_inference_steps, noise, num_ensemble) -> _Settings:
         config = self.scorer.config
@@ -255,9 +299,7 @@ class AnomalyDetectionPipeline(DiffusionPipeline):
         """Smoothed residual maps (name -> (N, R, R)), averaged over the ensemble, and the first
         reconstruction (N, C, R, R) in [-1, 1]."""
         device = self._execution_device
-        dtype = self.unet.dtype
-        size = (self.resolution, self.resolution)
-        x = torch.cat([resize(im[None], size) for im in originals]).to(device=device, dtype=dtype)
+        x = self._working_size(originals)
         names = self.scorer.active_residuals(
             latent=self.vae is not None, feature=self.feature_extractor is not None
         )
@@ -265,6 +307,9 @@ class AnomalyDetectionPipeline(DiffusionPipeline):
         z0 = self._encode(x)
         features = self._features(x) if "feature" in names else None
         sums: dict[str, torch.Tensor] = {}
+        if "feature_gaussian" in names:  # of the input alone: once, not per reconstruction
+            names.remove("feature_gaussian")
+            sums["feature_gaussian"] = self._feature_gaussian_map(x)
         first = None
         for strength in settings.strengths:
             for _ in range(settings.num_ensemble):
@@ -274,8 +319,8 @@ class AnomalyDetectionPipeline(DiffusionPipeline):
                 for name in names:
                     residual = self._residual(name, x, x_hat, z0, z_hat, features)
                     sums[name] = residual if name not in sums else sums[name] + residual
-        members = len(settings.strengths) * settings.num_ensemble
-        return {name: self.scorer.smooth(total / members) for name, total in sums.items()}, first
+        members = {name: len(settings.strengths) * settings.num_ensemble for name in names}
+        return {name: self.scorer.smooth(total / members.get(name, 1)) for name, total in sums.items()}, first
 
     def _head_maps(self, originals: list[torch.Tensor], x_hat: torch.Tensor, residual_map: torch.Tensor):
         """The segmentation head's map (N, R, R) for the images at working size and their reconstructions."""

@@ -63,7 +63,16 @@ class AnomalyScorer(ModelMixin, ConfigMixin):
         deviation: which (standardised) residuals count as anomalous: "higher" than on good images
             (a defect the model does not reproduce), "lower" (a defect easier to reproduce than the
             good texture, e.g. a smooth patch in random texture, as DAGM's), or "both" (|z|; useful
-            once calibrated). Applied to each residual before weighting.
+            once calibrated). Applied to each reconstruction residual before weighting (not to
+            feature_gaussian, a distance from normal that counts when higher).
+        feature_gaussian_weight: weight of the PaDiM-style map (`diffad.scoring.feature_gaussian`): the
+            Mahalanobis distance of the input's features to per-position Gaussians fitted on good images
+            by `calibrate`. Used only with a feature extractor and once fitted; 0 leaves it out.
+        feature_gaussian_dim: dimensions of the seeded random projection of the features (0: all).
+        feature_gaussian_epsilon: added to each covariance's diagonal.
+        feature_gaussian_seed: seed of the projection.
+        feature_gaussian_channels, feature_gaussian_grid: the fitted Gaussians' feature channels and
+            (h, w) grid, written by `calibrate` (they size the buffers when a folder is loaded).
     """
 
     @register_to_config
@@ -87,6 +96,12 @@ class AnomalyScorer(ModelMixin, ConfigMixin):
         calibration: str = "none",
         calibration_std_floor: float = 0.1,
         deviation: str = "higher",
+        feature_gaussian_weight: float = 0.0,
+        feature_gaussian_dim: int = 64,
+        feature_gaussian_epsilon: float = 0.01,
+        feature_gaussian_seed: int = 0,
+        feature_gaussian_channels: int = 0,
+        feature_gaussian_grid: list[int] | None = None,
     ):
         super().__init__()
         check_strengths(strength)
@@ -100,12 +115,23 @@ class AnomalyScorer(ModelMixin, ConfigMixin):
                 "resolution must be >= 8 and num_inference_steps, num_ensemble, score_pooling >= 1; got "
                 f"{resolution}, {num_inference_steps}, {num_ensemble}, {score_pooling}"
             )
-        if min(pixel_weight, ssim_weight, latent_weight, feature_weight) < 0 or smoothing_sigma < 0:
+        weights = (pixel_weight, ssim_weight, latent_weight, feature_weight, feature_gaussian_weight)
+        if min(weights) < 0 or smoothing_sigma < 0:
             raise ConfigError("residual weights and smoothing_sigma must be >= 0")
         # Mean 0 and std 1 leave a residual unchanged: the statistics of an uncalibrated scorer.
         shape = (len(RESIDUALS), resolution, resolution)
         self.register_buffer("calibration_mean", torch.zeros(shape))
         self.register_buffer("calibration_std", torch.ones(shape))
+        # feature_gaussian has buffers of its own, so that folders saved before it existed still load.
+        self.register_buffer(
+            "gaussian_calibration", torch.stack([torch.zeros(shape[1:]), torch.ones(shape[1:])])
+        )
+        channels = int(feature_gaussian_channels)
+        k = channels if not 0 < feature_gaussian_dim < channels else int(feature_gaussian_dim)
+        positions = int(torch.tensor(feature_gaussian_grid or [0]).prod()) if channels else 0
+        self.register_buffer("gaussian_projection", torch.zeros(channels, k))
+        self.register_buffer("gaussian_mean", torch.zeros(positions, k))
+        self.register_buffer("gaussian_precision", torch.zeros(positions, k, k))
 
     @property
     def strengths(self) -> list[float]:
@@ -114,10 +140,17 @@ class AnomalyScorer(ModelMixin, ConfigMixin):
     def weight(self, name: str) -> float:
         return float(getattr(self.config, f"{name}_weight"))
 
+    @property
+    def has_feature_gaussian(self) -> bool:
+        """Whether `calibrate` has fitted the feature Gaussians."""
+        return int(self.config.feature_gaussian_channels) > 0
+
     def active_residuals(self, *, latent: bool, feature: bool) -> list[str]:
-        """The residuals with a non-zero weight that the pipeline can compute."""
+        """The residuals with a non-zero weight that the pipeline can compute (feature_gaussian once fitted)."""
         available = {"pixel": True, "ssim": True, "latent": latent, "feature": feature}
         names = [n for n in RESIDUALS if available[n] and self.weight(n) > 0]
+        if feature and self.has_feature_gaussian and self.weight("feature_gaussian") > 0:
+            names.append("feature_gaussian")
         if not names:
             raise ConfigError(
                 "every usable residual has weight 0: set pixel_weight, ssim_weight, latent_weight "
@@ -125,15 +158,31 @@ class AnomalyScorer(ModelMixin, ConfigMixin):
             )
         return names
 
+    def set_feature_gaussian(
+        self, projection: torch.Tensor, mean: torch.Tensor, precision: torch.Tensor, grid: tuple[int, int]
+    ) -> None:
+        """Store fitted feature Gaussians (see `diffad.scoring.feature_gaussian`) and record their sizes
+        in the config, so that a saved folder rebuilds buffers of the same shapes before loading them."""
+        device = self.calibration_mean.device
+        self.gaussian_projection = projection.float().contiguous().to(device)
+        self.gaussian_mean = mean.float().contiguous().to(device)
+        self.gaussian_precision = precision.float().contiguous().to(device)
+        self.register_to_config(
+            feature_gaussian_channels=int(projection.shape[0]), feature_gaussian_grid=list(grid)
+        )
+
     def smooth(self, residual: torch.Tensor) -> torch.Tensor:
         return gaussian_blur(residual, float(self.config.smoothing_sigma))
 
     def standardise(self, name: str, residual: torch.Tensor) -> torch.Tensor:
         if self.config.calibration == "none":
             return residual
-        row = RESIDUALS.index(name)
-        mean = self.calibration_mean[row].to(residual)
-        std = self.calibration_std[row].to(residual)
+        if name == "feature_gaussian":
+            mean, std = self.gaussian_calibration.to(residual)
+        else:
+            row = RESIDUALS.index(name)
+            mean = self.calibration_mean[row].to(residual)
+            std = self.calibration_std[row].to(residual)
         return (residual - mean) / std
 
     def combine(self, residuals: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -142,7 +191,8 @@ class AnomalyScorer(ModelMixin, ConfigMixin):
         deviation = self.config.deviation
         for name, residual in residuals.items():
             z = self.standardise(name, residual)
-            z = -z if deviation == "lower" else z.abs() if deviation == "both" else z
+            if name != "feature_gaussian":
+                z = -z if deviation == "lower" else z.abs() if deviation == "both" else z
             term = self.weight(name) * z
             total = term if total is None else total + term
         return total
@@ -157,12 +207,14 @@ class AnomalyScorer(ModelMixin, ConfigMixin):
         Residuals missing from `moments` keep mean 0 and std 1.
         """
         check_choice("calibration mode", mode, CALIBRATIONS)
-        mean = torch.zeros_like(self.calibration_mean)
-        std = torch.ones_like(self.calibration_std)
+        # One row per residual, and a last one for feature_gaussian (kept in a buffer of its own).
+        rows = len(RESIDUALS) + 1
+        mean = torch.zeros(rows, *self.calibration_mean.shape[1:])
+        std = torch.ones(rows, *self.calibration_std.shape[1:])
         for name, (count, total, total_sq) in moments.items():
             if count < 1:
                 raise ConfigError("calibration needs at least one good image")
-            row = RESIDUALS.index(name)
+            row = RESIDUALS.index(name) if name != "feature_gaussian" else len(RESIDUALS)
             total, total_sq = total.double(), total_sq.double()
             pixel_mean = total / count
             pixel_var = (total_sq / count - pixel_mean**2).clamp_min(0)
@@ -176,6 +228,7 @@ class AnomalyScorer(ModelMixin, ConfigMixin):
             elif mode == "global":
                 mean[row] = global_mean.float()
                 std[row] = global_std.float()
-        self.calibration_mean.copy_(mean)
-        self.calibration_std.copy_(std)
+        self.calibration_mean.copy_(mean[:-1])
+        self.calibration_std.copy_(std[:-1])
+        self.gaussian_calibration.copy_(torch.stack([mean[-1], std[-1]]))
         self.register_to_config(calibration=mode)
