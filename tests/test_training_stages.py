@@ -1,5 +1,6 @@
 """The stages in-process, tiny: what they write, the time budget, `diffad fit`, and every bad input."""
 
+import argparse
 import json
 import subprocess
 import sys
@@ -142,6 +143,31 @@ def test_diffad_fit_runs_both_stages_then_refuses_or_resumes(data, tmp_path, cap
     assert "--resume" in capsys.readouterr().err
     assert main(argv + ["--resume"]) == 0
     assert "stage 1 already done" in capsys.readouterr().out
+
+
+def test_fit_method_padim_writes_the_reference_detector(data, tmp_path):
+    from diffad.cli import main
+
+    out = tmp_path / "padim"
+    assert (
+        main(
+            ["fit", "--method", "padim", "--data", str(data), "--output_dir", str(out), "--resolution", "32"]
+        )
+        == 0
+    )
+    assert (out / "detector_config.json").is_file()
+
+
+def test_fit_with_head_says_when_the_head_stage_is_missing(data, tmp_path, monkeypatch):
+    from diffad.training import fit
+
+    monkeypatch.setattr(fit.importlib.util, "find_spec", lambda name: None)
+    args = fit.add_fit_args(argparse.ArgumentParser()).parse_args(
+        ["--data", str(data), "--output_dir", str(tmp_path / "h"), "--with_head"]
+    )
+    with pytest.raises(ConfigError, match="not available yet"):
+        fit.run_fit(args)
+    assert not (tmp_path / "h").exists()
 
 
 # --- bad input -----------------------------------------------------------------------------------

@@ -3,6 +3,11 @@
 Uncalibrated, the residual maps (pixel L1, 1 - SSIM, latent) are summed on their own scales;
 calibrated, each is a z-score against good images first. `diffad fit` calibrates on a seeded
 subset of the good training images (the pipeline's `calibrate`), then rewrites the folder atomically.
+
+With `features="lite0"` it first attaches ImageNet EfficientNet-Lite0 features (stride 8 and 16) as the
+pipeline's feature extractor and sets `FEATURE_SETTINGS`: the calibration then also fits the per-position
+feature Gaussians ("feature_gaussian", PaDiM inside the pipeline), on the good training images that the
+residual statistics do not use, so that those statistics are those of unseen good images.
 """
 
 from __future__ import annotations
@@ -16,6 +21,29 @@ from diffad.training.data import good_training_samples, load_images
 from diffad.training.order import generator_for
 from diffad.training.pipeline_folder import PIPELINE_MARKER
 
+FEATURE_VARIANTS = ("lite0", "lite1", "lite2")
+# Scorer settings that come with the features (see the quality notes in the fit command's help).
+FEATURE_SETTINGS = {"feature_gaussian_weight": 1.0}
+MAX_GAUSSIAN_IMAGES = 400  # the feature Gaussians' images (PaDiM's covariances want many)
+
+
+def attach_features(pipe, variant: str = "lite0", settings: dict | None = None):
+    """Give `pipe` ImageNet EfficientNet-Lite features (the stride-8 and stride-16 stages only) and a
+    scorer with `settings` (default `FEATURE_SETTINGS`) over its own; calibrate it afterwards."""
+    from diffad.models.efficientnet import EfficientNetLiteFeatures
+
+    pipe.register_modules(feature_extractor=EfficientNetLiteFeatures.from_wheel(variant, out_stages=(2, 4)))
+    return configure_scorer(pipe, FEATURE_SETTINGS if settings is None else settings)
+
+
+def configure_scorer(pipe, settings: dict):
+    """Replace the scorer by one with `settings` over its config (validated; statistics reset: calibrate next)."""
+    from diffad.scoring.scorer import AnomalyScorer
+
+    config = {k: v for k, v in pipe.scorer.config.items() if not k.startswith("_")}
+    pipe.register_modules(scorer=AnomalyScorer(**{**config, **settings}))
+    return pipe
+
 
 def calibrate_pipeline(
     folder: str | Path,
@@ -26,17 +54,31 @@ def calibrate_pipeline(
     num_images: int,
     seed: int,
     batch_size: int = 8,
+    features: str = "none",
 ) -> int:
-    """Calibrate the pipeline saved in `folder` on up to `num_images` good training images; returns how many."""
+    """Calibrate the pipeline saved in `folder` on up to `num_images` good training images; returns how many.
+
+    `features`: "none", or an EfficientNet-Lite variant to attach first (see `attach_features`)."""
     from diffad import AnomalyDetectionPipeline
 
     pipe = AnomalyDetectionPipeline.from_pretrained(str(folder))
     pipe.set_progress_bar_config(disable=True)
+    if features != "none":
+        attach_features(pipe, features)
     samples = good_training_samples(data, category)
-    pick = torch.randperm(len(samples), generator=generator_for(seed, "calibration"))[:num_images]
-    images = load_images([samples[i] for i in sorted(pick.tolist())], pipe.resolution, pipe.image_channels)
+    order = torch.randperm(len(samples), generator=generator_for(seed, "calibration")).tolist()
+    pick, rest = order[:num_images], order[num_images:]
+    images = load_images([samples[i] for i in sorted(pick)], pipe.resolution, pipe.image_channels)
+    gaussian_images = None  # the calibration images themselves, when no other good image is left
+    if features != "none" and len(rest) >= 2:
+        chosen = sorted(rest[:MAX_GAUSSIAN_IMAGES])
+        gaussian_images = load_images([samples[i] for i in chosen], pipe.resolution, pipe.image_channels)
     pipe.calibrate(
-        images, generator=generator_for(seed, "calibration-noise"), mode=mode, batch_size=batch_size
+        images,
+        generator=generator_for(seed, "calibration-noise"),
+        mode=mode,
+        batch_size=batch_size,
+        gaussian_images=gaussian_images,
     )
     write_final_atomic(folder, lambda tmp: pipe.save_pretrained(str(tmp)), marker=PIPELINE_MARKER)
     return len(images)

