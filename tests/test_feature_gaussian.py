@@ -123,3 +123,38 @@ def test_without_extractor_or_weight_nothing_changes():
     a = base(query, generator=torch.Generator().manual_seed(0)).anomaly_maps
     b = with_extractor(query, generator=torch.Generator().manual_seed(0)).anomaly_maps
     assert np.array_equal(a, b)
+
+
+def test_fit_calibration_attaches_features_and_fits_them_on_the_other_good_images(tmp_path, monkeypatch):
+    from data_trees import make_mvtec_tree
+
+    from diffad.models.efficientnet import EfficientNetLiteFeatures
+    from diffad.training.calibration import FEATURE_SETTINGS, calibrate_pipeline
+
+    data = make_mvtec_tree(tmp_path / "data", size=RES, n_train=7, channels=1)
+    asked = []
+
+    def fake_wheel(variant="lite0", out_stages=(2, 4), include_head=False):
+        asked.append((variant, tuple(out_stages)))
+        return tiny_extractor()
+
+    monkeypatch.setattr(EfficientNetLiteFeatures, "from_wheel", fake_wheel)
+    tiny_pipeline("kl", channels=1, resolution=RES).save_pretrained(tmp_path / "p")
+    count = calibrate_pipeline(
+        tmp_path / "p", str(data), None, mode="global", num_images=3, seed=0, features="lite0"
+    )
+    assert count == 3 and asked == [("lite0", (2, 4))]  # the stride-8 and stride-16 stages only
+    pipe = AnomalyDetectionPipeline.from_pretrained(tmp_path / "p")
+    assert isinstance(pipe.feature_extractor, EfficientNetLiteFeatures)
+    config = pipe.scorer.config
+    assert config.calibration == "global" and config.feature_gaussian_channels > 0
+    assert all(config[k] == v for k, v in FEATURE_SETTINGS.items())
+    # Fitted on the 4 good images the residual statistics did not use: refit by hand on those.
+    from diffad.training.data import good_training_samples, load_images
+    from diffad.training.order import generator_for
+
+    samples = good_training_samples(str(data), None)
+    rest = torch.randperm(7, generator=generator_for(0, "calibration")).tolist()[3:]
+    by_hand = gaussian_pipeline(**FEATURE_SETTINGS, feature_gaussian_dim=config.feature_gaussian_dim)
+    by_hand.fit_feature_gaussian(load_images([samples[i] for i in sorted(rest)], RES, 1))
+    assert torch.allclose(pipe.scorer.gaussian_mean, by_hand.scorer.gaussian_mean, atol=1e-5)

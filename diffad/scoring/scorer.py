@@ -122,16 +122,16 @@ class AnomalyScorer(ModelMixin, ConfigMixin):
         shape = (len(RESIDUALS), resolution, resolution)
         self.register_buffer("calibration_mean", torch.zeros(shape))
         self.register_buffer("calibration_std", torch.ones(shape))
-        # feature_gaussian has buffers of its own, so that folders saved before it existed still load.
-        self.register_buffer(
-            "gaussian_calibration", torch.stack([torch.zeros(shape[1:]), torch.ones(shape[1:])])
-        )
+        # feature_gaussian has buffers of its own, saved only once fitted: folders saved before it
+        # existed, or without it, load as before (no missing or mismatched keys).
         channels = int(feature_gaussian_channels)
         k = channels if not 0 < feature_gaussian_dim < channels else int(feature_gaussian_dim)
         positions = int(torch.tensor(feature_gaussian_grid or [0]).prod()) if channels else 0
-        self.register_buffer("gaussian_projection", torch.zeros(channels, k))
-        self.register_buffer("gaussian_mean", torch.zeros(positions, k))
-        self.register_buffer("gaussian_precision", torch.zeros(positions, k, k))
+        neutral = torch.stack([torch.zeros(shape[1:]), torch.ones(shape[1:])])
+        self.register_buffer("gaussian_calibration", neutral, persistent=channels > 0)
+        self.register_buffer("gaussian_projection", torch.zeros(channels, k), persistent=channels > 0)
+        self.register_buffer("gaussian_mean", torch.zeros(positions, k), persistent=channels > 0)
+        self.register_buffer("gaussian_precision", torch.zeros(positions, k, k), persistent=channels > 0)
 
     @property
     def strengths(self) -> list[float]:
@@ -164,9 +164,10 @@ class AnomalyScorer(ModelMixin, ConfigMixin):
         """Store fitted feature Gaussians (see `diffad.scoring.feature_gaussian`) and record their sizes
         in the config, so that a saved folder rebuilds buffers of the same shapes before loading them."""
         device = self.calibration_mean.device
-        self.gaussian_projection = projection.float().contiguous().to(device)
-        self.gaussian_mean = mean.float().contiguous().to(device)
-        self.gaussian_precision = precision.float().contiguous().to(device)
+        self.register_buffer("gaussian_projection", projection.float().contiguous().to(device))
+        self.register_buffer("gaussian_mean", mean.float().contiguous().to(device))
+        self.register_buffer("gaussian_precision", precision.float().contiguous().to(device))
+        self.register_buffer("gaussian_calibration", self.gaussian_calibration)  # saved from now on
         self.register_to_config(
             feature_gaussian_channels=int(projection.shape[0]), feature_gaussian_grid=list(grid)
         )
