@@ -53,21 +53,26 @@ def encode(vae: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode_all(
+def encode_dataset(
     vae: torch.nn.Module | None,
-    images: torch.Tensor,
+    dataset,
     *,
     batch_size: int,
     device: torch.device,
+    mirrored: bool = False,
     show_progress: bool = True,
 ) -> torch.Tensor:
-    """Encode (N,C,H,W) images in batches; without a vae the images are the 'latents' (pixel space)."""
-    if vae is None:
-        return images.clone()
-    chunks = []
-    for start in tqdm(range(0, len(images), batch_size), desc="encoding latents", disable=not show_progress):
-        chunks.append(encode(vae, images[start : start + batch_size].to(device)).float().cpu())
-    return torch.cat(chunks)
+    """Unscaled latents of every image, (V, N, C, h, w) on the CPU: V = 2 with `mirrored` (each image
+    and its left-right mirror), else 1. Without a vae the images themselves (pixel space)."""
+    from torch.utils.data import DataLoader
+
+    views = [[] for _ in range(2 if mirrored else 1)]
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    for batch in tqdm(loader, desc="encoding latents", disable=not show_progress):
+        x = batch["image"].to(device)
+        for view, images in zip(views, (x, x.flip(-1))):
+            view.append((images if vae is None else encode(vae, images)).float().cpu())
+    return torch.stack([torch.cat(view) for view in views])
 
 
 def scaling_factor(latents: torch.Tensor) -> float:

@@ -20,7 +20,7 @@ from diffad.training.accelerate_setup import make_lr_scheduler, seeded
 from diffad.training.args import add_data_args, add_training_args, check_resolution, check_training_args
 from diffad.training.data import good_training_samples, load_images, training_images, validation_samples
 from diffad.training.ema import ema_weights, make_ema
-from diffad.training.latents import encode_all, load_autoencoder, scaling_factor
+from diffad.training.latents import encode_dataset, load_autoencoder, scaling_factor
 from diffad.training.order import BatchOrder, generator_for, global_randint, rank_rows
 from diffad.training.panels import error_rows, save_panel, to_uint8
 from diffad.training.pipeline_folder import PIPELINE_ENTRIES, detection_pipeline, write_detection_pipeline
@@ -132,23 +132,22 @@ def main(args: argparse.Namespace) -> dict:
     accelerator = start_stage(args, name="train_unet", model_entries=PIPELINE_ENTRIES)
     device, main_process = accelerator.device, accelerator.is_main_process
     vae = None if vae is None else vae.to(device)
-    images = training_images(samples, args.resolution, args.channels, show_progress=main_process).images
-    encode_batch = max(4 * args.train_batch_size, 8)
-    latents = encode_all(vae, images, batch_size=encode_batch, device=device, show_progress=main_process)
+    dataset = training_images(samples, args.resolution, args.channels, show_progress=main_process)
+    versions = encode_dataset(
+        vae,
+        dataset,
+        batch_size=max(4 * args.train_batch_size, 8),
+        device=device,
+        mirrored=args.random_flip,  # a coin per row picks the image or its mirror
+        show_progress=main_process,
+    )
     scale = 1.0
     if vae is not None:
-        scale = scaling_factor(latents)
+        scale = scaling_factor(versions[0])
         vae.register_to_config(scaling_factor=scale)
-    # Versions of every latent: [original] or [original, mirror]; a coin per row picks one.
-    versions = [latents * scale]
-    if args.random_flip:
-        mirrored = encode_all(
-            vae, images.flip(-1), batch_size=encode_batch, device=device, show_progress=main_process
-        )
-        versions.append(mirrored * scale)
-    versions = torch.stack(versions).to(device)
+    versions = (versions * scale).to(device)
     logger.info(
-        f"{len(samples)} training images -> latents {tuple(latents.shape[1:])}, scaling factor {scale:.4f}"
+        f"{len(samples)} training images -> latents {tuple(versions.shape[2:])}, scaling factor {scale:.4f}"
     )
 
     noise_scheduler = DDPMScheduler(**scheduler_config(args))
