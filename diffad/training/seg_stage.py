@@ -67,8 +67,10 @@ def add_seg_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument(
         "--head_fusion",
         type=float,
-        default=0.0,
-        help="weight of the calibrated residual map added to the head's logits at detection (0: head alone)",
+        default=0.1,
+        help="weight of the calibrated residual map added to the head's logits at detection (0: head alone). "
+        "0.1 costs little where the head is good (DAGM pixel AUROC 0.870 -> 0.856) and rescues an undertrained "
+        "one (ELPV image AUROC 0.515 -> 0.812)",
     )
     g.add_argument("--focal_weight", type=float, default=1.0)
     g.add_argument("--dice_weight", type=float, default=1.0)
