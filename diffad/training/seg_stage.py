@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import time
 from pathlib import Path
 
 import torch
@@ -25,10 +26,9 @@ from diffad.training.accelerate_setup import make_lr_scheduler, seeded
 from diffad.training.args import add_training_args
 from diffad.training.data import good_training_samples, training_images
 from diffad.training.ema import ema_weights, make_ema
-from diffad.training.loop import run_steps
 from diffad.training.order import BatchOrder, derive_seed, generator_for
 from diffad.training.panels import save_panel, to_uint8
-from diffad.training.stage import checkpoint_writer, make_optimizer, panel_path, resume_stage, start_stage
+from diffad.training.stage import make_optimizer, panel_path, resume_stage, start_stage, train_and_save
 
 logger = get_logger("diffad.training")
 
@@ -290,6 +290,7 @@ def main(args: argparse.Namespace) -> dict:
     from diffad.models.seg_losses import segmentation_loss
     from diffad.training.checkpoints import write_final_atomic
 
+    started = time.monotonic()  # the time budget covers loading and the first pool too
     check_seg_args(args)
     pipe = load_pipeline(args.model)
     if pipe.segmentation_head is not None and not args.overwrite_head:
@@ -305,11 +306,11 @@ def main(args: argparse.Namespace) -> dict:
                 f"drop --{name} or pass {value}"
             )
         setattr(args, name, value)
+    samples = good_training_samples(args.data, args.category)  # before the output folder is touched
     accelerator = start_stage(args, name="train_seg", model_entries=[HEAD_NAME])
     device, main_process = accelerator.device, accelerator.is_main_process
     pipe.to(device)
 
-    samples = good_training_samples(args.data, args.category)
     images = training_images(samples, args.resolution, args.channels, show_progress=main_process).images
     pool = DefectPool(pipe, images, args, show_progress=main_process)
     with seeded(args.seed):
@@ -371,23 +372,7 @@ def main(args: argparse.Namespace) -> dict:
             model.train()
         save_panel(rows, panel_path(args, step))
 
-    result = run_steps(
-        accelerator,
-        args,
-        start_step=start_step,
-        train_step=train_step,
-        save_checkpoint=checkpoint_writer(accelerator, args, ema),
-        validate=validate,
-        desc="train_seg",
-    )
-    accelerator.wait_for_everyone()
-    if main_process:
-        if (
-            result.step >= args.max_train_steps
-            and args.validation_steps
-            and result.step % args.validation_steps
-        ):
-            validate(result.step)
+    def save_final() -> None:
         model = accelerator.unwrap_model(head)
         with ema_weights(model, ema):
             final = head_from_args(args)
@@ -395,12 +380,16 @@ def main(args: argparse.Namespace) -> dict:
         final.eval()
         write_final_atomic(Path(args.output_dir) / HEAD_NAME, final.save_pretrained, marker="config.json")
         save_head_into_pipeline(args.model, pipe, final.to(device))
-        logger.info(f"saved the segmentation head into {args.model} (and a copy in {args.output_dir})")
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return {
-        "stage": "segmentation",
-        "steps": result.step,
-        "steps_per_second": result.steps_per_second,
-        **result.last_logs,
-    }
+        logger.info(f"saved the segmentation head into the pipeline in {args.model}")
+
+    return train_and_save(
+        accelerator,
+        args,
+        name="seg",
+        start_step=start_step,
+        started=started,
+        train_step=train_step,
+        validate=validate,
+        save_final=save_final,
+        ema=ema,
+    )
