@@ -10,6 +10,18 @@ trained for the same total CPU time for a fair comparison). Both are calibrated 
 pipelines' working resolution; masks are resized to it. Prints a Markdown table (image AUROC, pixel
 AUROC, AUPRO) per test set: the real test split, and with --synthetic METHOD the good test images
 with that synthetic defect added to one copy of each. --timing adds the head's share of detection time.
+
+The comparison in the head's closing note (128 px, 1 thread each, `nice -n 10`, wall minutes below; CPU
+seconds measured with /usr/bin/time), for DATA = --data /work/shared/data/dagm_class1 or --data elpv
+--category mono, C = --resolution 128 --channels 1 --train_batch_size 8 --max_train_steps 100000
+--checkpointing_steps 0 --validation_steps 0 --seed 0 --preset tiny --learning_rate 5e-4:
+
+    python train_vae.py DATA C --output_dir R/vae --max_minutes 3
+    python train_unet.py DATA C --max_timestep 500 --vae R/vae --output_dir R/unet --max_minutes 3
+    cp -r R/unet R/head && python train_seg.py DATA --model R/head --output_dir R/head_run --seed 0 \
+        --head_stride 2 --pool_size 160 --pool_epochs 3 --max_minutes 4      # (--pool_epochs 6, 12 min: long)
+    cp -r R/unet R/residual && python train_unet.py DATA C --max_timestep 500 --vae R/vae \
+        --output_dir R/residual --resume_from_checkpoint latest --max_minutes 4   # repeated to match CPU time
 """
 
 from __future__ import annotations
