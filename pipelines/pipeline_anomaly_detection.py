@@ -229,7 +229,7 @@ class AnomalyDetectionPipeline(DiffusionPipeline):
         images = to_tensor_list(good_images, self.image_channels)
         moments, projection = fg.GaussianMoments(), None
         for _, batch in self._batches(images, batch_size):
-            embedding = self._embedding(self._working_size(batch))
+            embedding = self._embedding(self._working_size(batch, self.scorer.feature_gaussian_resolution))
             if projection is None:
                 projection = fg.projection_matrix(
                     embedding.shape[1], int(config.feature_gaussian_dim), int(config.feature_gaussian_seed)
@@ -242,16 +242,17 @@ class AnomalyDetectionPipeline(DiffusionPipeline):
     def _embedding(self, x: torch.Tensor) -> torch.Tensor:
         return fg.pooled_embedding(self._features(x))
 
-    def _feature_gaussian_map(self, x: torch.Tensor) -> torch.Tensor:
-        """Mahalanobis distance to the fitted feature Gaussians, upsampled to x's size: (N, H, W)."""
+    def _feature_gaussian_map(self, originals: list[torch.Tensor]) -> torch.Tensor:
+        """Mahalanobis distance to the fitted feature Gaussians, at the working resolution: (N, R, R)."""
         scorer = self.scorer
+        x = self._working_size(originals, scorer.feature_gaussian_resolution)
         dist = fg.mahalanobis_map(
             self._embedding(x), scorer.gaussian_projection, scorer.gaussian_mean, scorer.gaussian_precision
         )
-        return resize(dist[:, None], tuple(x.shape[-2:]))[:, 0].float()
+        return resize(dist[:, None].float(), (self.resolution, self.resolution))[:, 0]
 
-    def _working_size(self, originals: list[torch.Tensor]) -> torch.Tensor:
-        size = (self.resolution, self.resolution)
+    def _working_size(self, originals: list[torch.Tensor], side: int | None = None) -> torch.Tensor:
+        size = (side or self.resolution,) * 2
         return torch.cat([resize(im[None], size) for im in originals]).to(
             device=self._execution_device, dtype=self.unet.dtype
         )
@@ -309,7 +310,7 @@ class AnomalyDetectionPipeline(DiffusionPipeline):
         sums: dict[str, torch.Tensor] = {}
         if "feature_gaussian" in names:  # of the input alone: once, not per reconstruction
             names.remove("feature_gaussian")
-            sums["feature_gaussian"] = self._feature_gaussian_map(x)
+            sums["feature_gaussian"] = self._feature_gaussian_map(originals)
         first = None
         for strength in settings.strengths:
             for _ in range(settings.num_ensemble):

@@ -158,3 +158,19 @@ def test_fit_calibration_attaches_features_and_fits_them_on_the_other_good_image
     by_hand = gaussian_pipeline(**FEATURE_SETTINGS, feature_gaussian_dim=config.feature_gaussian_dim)
     by_hand.fit_feature_gaussian(load_images([samples[i] for i in sorted(rest)], RES, 1))
     assert torch.allclose(pipe.scorer.gaussian_mean, by_hand.scorer.gaussian_mean, atol=1e-5)
+
+
+def test_features_of_larger_inputs_give_a_finer_grid_and_maps_at_the_working_size(tmp_path):
+    train, query = textures(6, seed=1, size=2 * RES), with_square(textures(1, seed=3, size=2 * RES))
+    pipe = gaussian_pipeline(feature_gaussian_resolution=2 * RES).calibrate(train, mode="global")
+    coarse = gaussian_pipeline().calibrate(train, mode="global")
+    # The tiny extractor's finest stage has stride 4: 16 x 16 cells at 64 px, 8 x 8 at 32 px.
+    assert pipe.scorer.config.feature_gaussian_grid == [16, 16]
+    assert coarse.scorer.config.feature_gaussian_grid == [8, 8]
+    out = pipe(query, generator=torch.Generator().manual_seed(0), output_type="pt")
+    assert out.anomaly_maps.shape == (1, 2 * RES, 2 * RES)
+    pipe.save_pretrained(tmp_path)
+    loaded = AnomalyDetectionPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    again = loaded(query, generator=torch.Generator().manual_seed(0), output_type="pt")
+    assert torch.equal(again.anomaly_maps, out.anomaly_maps)
