@@ -156,7 +156,8 @@ def test_fit_calibration_attaches_features_and_fits_them_on_the_other_good_image
     samples = good_training_samples(str(data), None)
     rest = torch.randperm(7, generator=generator_for(0, "calibration")).tolist()[3:]
     by_hand = gaussian_pipeline(**FEATURE_SETTINGS, feature_gaussian_dim=config.feature_gaussian_dim)
-    by_hand.fit_feature_gaussian(load_images([samples[i] for i in sorted(rest)], RES, 1))
+    size = FEATURE_SETTINGS["feature_gaussian_resolution"]  # images are loaded at the features' size
+    by_hand.fit_feature_gaussian(load_images([samples[i] for i in sorted(rest)], size, 1))
     assert torch.allclose(pipe.scorer.gaussian_mean, by_hand.scorer.gaussian_mean, atol=1e-5)
 
 

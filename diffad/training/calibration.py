@@ -70,11 +70,14 @@ def calibrate_pipeline(
     samples = good_training_samples(data, category)
     order = torch.randperm(len(samples), generator=generator_for(seed, "calibration")).tolist()
     pick, rest = order[:num_images], order[num_images:]
-    images = load_images([samples[i] for i in sorted(pick)], pipe.resolution, pipe.image_channels)
+    # Loaded at the larger of the two sizes: the pipeline resizes to its working resolution itself,
+    # and features of upsampled images would not be those it sees at detection.
+    size = max(pipe.resolution, pipe.scorer.feature_gaussian_resolution if features != "none" else 0)
+    images = load_images([samples[i] for i in sorted(pick)], size, pipe.image_channels)
     gaussian_images = None  # the calibration images themselves, when no other good image is left
     if features != "none" and len(rest) >= 2:
         chosen = sorted(rest[:MAX_GAUSSIAN_IMAGES])
-        gaussian_images = load_images([samples[i] for i in chosen], pipe.resolution, pipe.image_channels)
+        gaussian_images = load_images([samples[i] for i in chosen], size, pipe.image_channels)
     pipe.calibrate(
         images,
         generator=generator_for(seed, "calibration-noise"),
