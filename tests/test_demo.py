@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from diffad.pipelines.pipeline_anomaly_detection import AnomalyDetectionPipeline
@@ -57,3 +58,17 @@ def test_demo_refuses_a_folder_it_did_not_make(model_dir, tmp_path, capsys):
 def test_demo_says_how_to_get_a_model(tmp_path, capsys):
     code = main(["demo", "--model", str(tmp_path / "none"), "--output_dir", str(tmp_path / "o")])
     assert code == 2 and "diffad demo --train" in capsys.readouterr().err
+
+
+def test_shipped_model_is_small_and_detects():
+    from diffad.data import load_samples
+    from diffad.demo import DEFAULT_MODEL
+
+    size = sum(f.stat().st_size for f in DEFAULT_MODEL.rglob("*") if f.is_file())
+    assert size < 40 * 2**20, f"{DEFAULT_MODEL} is {size / 2**20:.1f} MB"
+    pipe = AnomalyDetectionPipeline.from_pretrained(DEFAULT_MODEL)
+    pipe.set_progress_bar_config(disable=True)
+    cells = [s.image_path for s in load_samples("elpv", category="mono", split="test")[:2]]
+    out = pipe(cells, num_inference_steps=2, generator=torch.Generator().manual_seed(0))
+    assert out.anomaly_maps.shape == (2, 300, 300) and np.isfinite(out.anomaly_maps).all()
+    assert pipe.unet.dtype == torch.float32  # stored as float16, computed in float32
