@@ -134,3 +134,19 @@ def test_save_load_round_trip(tmp_path, scheduler_class):
     # The saved config also loads into diffusers' own class, so pipelines stay portable.
     base = DDPMScheduler if scheduler_class is NoiseDDPMScheduler else DDIMScheduler
     assert base.from_pretrained(tmp_path).config.num_train_timesteps == 200
+
+
+@pytest.mark.parametrize("cls", [NoiseDDIMScheduler, NoiseDDPMScheduler])
+def test_pipeline_with_noise_scheduler_reloads_it(cls, tmp_path):
+    from diffad import AnomalyDetectionPipeline
+    from diffad.models import build_autoencoder, build_unet
+    from diffad.scoring.scorer import AnomalyScorer
+
+    pipe = AnomalyDetectionPipeline(
+        unet=build_unet("tiny", in_channels=4, sample_size=4),
+        scheduler=cls(num_train_timesteps=100),
+        scorer=AnomalyScorer(resolution=16, num_inference_steps=2),
+        vae=build_autoencoder("tiny", "kl"),
+    )
+    pipe.save_pretrained(tmp_path)
+    assert type(AnomalyDetectionPipeline.from_pretrained(tmp_path).scheduler) is cls

@@ -2,7 +2,7 @@
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler
+from diffusers import DDIMScheduler, SchedulerMixin  # noqa: F401  (diffusers finds the base class here on reload)
 from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 
 from diffad.errors import ConfigError

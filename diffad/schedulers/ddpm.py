@@ -1,7 +1,7 @@
 """A DDPM scheduler whose step adds the noise it is given (simplex or Gaussian)."""
 
 import torch
-from diffusers import DDPMScheduler
+from diffusers import DDPMScheduler, SchedulerMixin  # noqa: F401  (diffusers finds the base class here on reload)
 from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
 
 from diffad.errors import ConfigError
