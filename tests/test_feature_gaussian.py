@@ -175,3 +175,12 @@ def test_features_of_larger_inputs_give_a_finer_grid_and_maps_at_the_working_siz
     loaded.set_progress_bar_config(disable=True)
     again = loaded(query, generator=torch.Generator().manual_seed(0), output_type="pt")
     assert torch.equal(again.anomaly_maps, out.anomaly_maps)
+
+
+def test_statistics_stored_in_float16_still_give_float32_maps():
+    train, query = textures(6, seed=1), with_square(textures(1, seed=3))
+    pipe = gaussian_pipeline().calibrate(train, mode="global")
+    maps = pipe(query, generator=torch.Generator().manual_seed(0)).anomaly_maps
+    pipe.scorer.to(torch.float16)  # as a folder shipped with float16 weights loads
+    half = pipe(query, generator=torch.Generator().manual_seed(0)).anomaly_maps
+    assert half.dtype == np.float32 and np.allclose(half, maps, rtol=2e-2, atol=2e-2)

@@ -42,7 +42,9 @@ def project(embedding: torch.Tensor, projection: torch.Tensor) -> torch.Tensor:
             f"the feature extractor gives {embedding.shape[1]} channels but the scorer's Gaussians were fitted "
             f"on {projection.shape[0]}: calibrate the pipeline again with this extractor"
         )
-    return torch.einsum("ndhw,dk->nhwk", embedding.float(), projection.to(embedding.device)).flatten(1, 2)
+    # float32 whatever the stored dtype (a folder saved in float16 keeps its statistics in float16).
+    projection = projection.to(embedding.device, torch.float32)
+    return torch.einsum("ndhw,dk->nhwk", embedding.float(), projection).flatten(1, 2)
 
 
 class GaussianMoments:
@@ -84,6 +86,8 @@ def mahalanobis_map(
             f"the scorer's feature Gaussians cover {mean.shape[0]} grid positions but the features have "
             f"{h}x{w}: calibrate the pipeline at its working resolution again"
         )
-    delta = project(embedding, projection) - mean.to(embedding.device)
-    dist = (torch.einsum("npi,pij->npj", delta, precision.to(embedding.device)) * delta).sum(-1)
+    delta = project(embedding, projection) - mean.to(embedding.device, torch.float32)
+    dist = (torch.einsum("npi,pij->npj", delta, precision.to(embedding.device, torch.float32)) * delta).sum(
+        -1
+    )
     return dist.clamp_min(0).sqrt().view(n, h, w)
