@@ -57,8 +57,13 @@ def test_save_load_round_trip_is_identical(tmp_path):
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     with torch.no_grad():
         a, b = model(x), loaded(x)
-    assert torch.equal(a.logits, b.logits)
-    assert all(torch.equal(p, q) for p, q in zip(a.feature_maps, b.feature_maps))
+    # The weights come back bit for bit; memory-mapped tensors may take another CPU kernel path,
+    # so the outputs are compared to float32 precision.
+    saved, reloaded = model.state_dict(), loaded.state_dict()
+    assert saved.keys() == reloaded.keys() and all(torch.equal(saved[k], reloaded[k]) for k in saved)
+    torch.testing.assert_close(a.logits, b.logits, rtol=0, atol=1e-5)
+    for p, q in zip(a.feature_maps, b.feature_maps):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-5)
 
 
 def _fake_wheel(monkeypatch, path):
