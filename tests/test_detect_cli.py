@@ -5,7 +5,7 @@ import csv
 import numpy as np
 import PIL.Image
 import pytest
-from test_pipeline import one_thread, tiny_pipeline  # noqa: F401 (one_thread: fixture)
+from test_pipeline import tiny_pipeline
 
 from diffad.cli import main
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from test_baselines import textures, tiny_extractor, with_square
-from test_pipeline import one_thread, tiny_pipeline  # noqa: F401 - one_thread is an autouse fixture
+from test_pipeline import tiny_pipeline
 
 from diffad import AnomalyDetectionPipeline
 from diffad.baselines import PaDiM

@@ -39,15 +39,6 @@ def test_opensimplex3_equals_reference(seed):
     np.testing.assert_allclose(got.numpy(), expected, atol=1e-6, rtol=0)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Small tensors: threads only add contention on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_opensimplex_on_lattice_ties_like_the_reference():
     # Quarter-step grids hit the reference's ties (xins == yins, in_sum == 1) that random points miss.
     opensimplex.seed(21)

@@ -19,15 +19,6 @@ BATCH = {"tiny": 2, "small": 1, "base": 1}
 PRESET_PARAMS = [p if p != "base" else pytest.param(p, marks=pytest.mark.slow) for p in PRESETS]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # These models are small or see tiny inputs: threads only add contention on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _n_params(model):
     return sum(p.numel() for p in model.parameters())
 

@@ -11,14 +11,6 @@ from diffad.schedulers import NoiseDDIMScheduler, NoiseDDPMScheduler, partial_ti
 SHAPE = (2, 3, 8, 8)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _inputs(seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(SHAPE, generator=g), torch.randn(SHAPE, generator=g)

@@ -7,7 +7,6 @@ import pytest
 import torch
 from scipy import ndimage
 from skimage.metrics import structural_similarity
-from test_pipeline import one_thread  # noqa: F401 (a fixture: one torch thread)
 
 from diffad.errors import ConfigError, DataError
 from diffad.scoring.features import extract_features

@@ -12,7 +12,7 @@ import pytest
 import torch
 from data_trees import make_mvtec_tree
 from safetensors.torch import load_file
-from test_training_stages import one_thread, run  # noqa: F401 (one_thread: an autouse fixture)
+from test_training_stages import run
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}

@@ -15,15 +15,6 @@ from diffad.errors import ConfigError, DataError, OutputExistsError
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Runs compared bit for bit must use one thread count: another sums convolutions in another order.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return make_mvtec_tree(tmp_path_factory.mktemp("data"), size=32, n_train=6, n_defect=2)
