@@ -4,7 +4,7 @@ import pytest
 import torch
 
 
-@pytest.fixture(autouse=True, scope="session")
+@pytest.fixture(autouse=True)
 def one_thread():
     # Tiny convolutions on a shared 2-core machine run many times slower with two threads than with
     # one, and bit-for-bit comparisons (resume, round trips) want one fixed thread count.
