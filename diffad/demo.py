@@ -126,7 +126,7 @@ def table(rows: list[tuple[str, dict]]) -> str:
 
 
 def write_index(output_dir: Path, rows: list[tuple[str, dict, str]], facts: list[str]) -> Path:
-    from diffad.report.files import atomic_write
+    from diffad.files import atomic_write
 
     head = "".join(f"<th>{k}</th>" for k in TABLE_KEYS)
     body = ""

@@ -15,6 +15,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from diffad.errors import ConfigError
+from diffad.files import atomic_write_with
 
 CONFIG_NAME = "detector_config.json"
 WEIGHTS_NAME = "detector.safetensors"
@@ -183,11 +184,11 @@ class FeatureDetector:
             shutil.rmtree(target)
         os.replace(tmp_dir, target)
         state = {k: v.detach().float().cpu().contiguous() for k, v in self._state().items()}
-        _atomic(folder / WEIGHTS_NAME, lambda p: save_file(state, str(p)))
+        atomic_write_with(folder / WEIGHTS_NAME, lambda p: save_file(state, str(p)))
         meta = {"class": type(self).__name__, **self.config}
         if self.fitted_on:
             meta["_fitted_on"] = self.fitted_on
-        _atomic(folder / CONFIG_NAME, lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
+        atomic_write_with(folder / CONFIG_NAME, lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
 
     @classmethod
     def from_pretrained(cls, pretrained_path):
@@ -210,16 +211,6 @@ class FeatureDetector:
         detector._set_state(load_file(str(folder / WEIGHTS_NAME)))
         detector.fitted_on = fitted_on
         return detector
-
-
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def chunked_min_distance(

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from diffad.errors import ConfigError, DataError, OutputExistsError
-from diffad.report.files import atomic_write
+from diffad.files import atomic_write
 from diffad.report.results import CategoryResults
 
 if TYPE_CHECKING:

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from diffad.errors import ConfigError
+from diffad.files import atomic_write
 from diffad.report import figures
-from diffad.report.files import atomic_write
 from diffad.report.html import Case, Section, render_report
 from diffad.report.panels import colorize, mask_to_rgb8, overlay, png_bytes, resize_rgb, to_rgb8
 from diffad.report.results import (

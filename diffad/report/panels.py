@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from diffad.errors import ConfigError
-from diffad.report.files import atomic_write
+from diffad.files import atomic_write
 
 TITLE_HEIGHT = 18
 GAP = 4

@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from diffad.data.images import image_to_tensor, open_image
-    from diffad.report.files import atomic_write
+    from diffad.files import atomic_write
     from diffad.report.panels import overlay, png_bytes
 
     if args.batch_size < 1:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ from diffad import __version__
 from diffad.data.images import image_to_tensor, open_image
 from diffad.data.samples import list_images, seeded_holdout
 from diffad.errors import ConfigError, DataError, OutputExistsError
+from diffad.files import atomic_write_with
 from diffad.synthesis.common import choice
 from diffad.synthesis.methods import METHOD_CHOICES, mix_choices, synthesize
 
@@ -133,25 +133,14 @@ def plan(settings: Settings) -> list[dict]:
     return items
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def write_png(array: np.ndarray, path: Path) -> None:
     """uint8 (H, W) or (H, W, 3) as PNG, atomically. PIL writes no timestamp: same pixels, same bytes."""
-    _atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
+    atomic_write_with(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
 
 
 def write_json(data, path: Path) -> None:
     text = json.dumps(data, indent=2, sort_keys=True) + "\n"
-    _atomic_write(path, lambda tmp: tmp.write_text(text))
+    atomic_write_with(path, lambda tmp: tmp.write_text(text))
 
 
 def to_uint8(image: torch.Tensor) -> np.ndarray:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from diffad.errors import ConfigError, OutputExistsError
+from diffad.files import atomic_write
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 STATE_FILE = "state.json"
@@ -88,10 +89,7 @@ def prepare_output_dir(output_dir: str | os.PathLike, *, overwrite: bool) -> Pat
 
 
 def write_json_atomic(path: str | os.PathLike, data: dict) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------
