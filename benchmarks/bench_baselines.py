@@ -111,20 +111,32 @@ def main(args) -> list[dict]:
     return rows
 
 
+# (heading, row key, format) of the Markdown tables the benchmarks print.
+COLUMNS = (
+    ("image AUROC", "image_auroc", "{:.3f}"),
+    ("pixel AUROC", "pixel_auroc", "{:.3f}"),
+    ("AUPRO", "aupro", "{:.3f}"),
+    ("ms / image", "ms_per_image", "{:.0f}"),
+)
+
+
+def markdown_table(rows: list[dict], first: tuple[str, ...], extra=()) -> str:
+    """Rows as a Markdown table: the text columns `first`, then COLUMNS and `extra` (– where missing)."""
+    columns = (*COLUMNS, *extra)
+    lines = ["| " + " | ".join([*first, *(c[0] for c in columns)]) + " |"]
+    lines.append("|" + "---|" * (len(first) + len(columns)))
+    for r in rows:
+        cells = [str(r[key]) for key in first]
+        for _, key, pattern in columns:
+            value = r.get(key)
+            cells.append("–" if value is None or value != value else pattern.format(value))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def print_table(rows: list[dict], args) -> None:
     print(f"\n{args.data} {args.category or ''} at {args.resolution} px, {args.threads} CPU thread(s)\n")
-    print("| method | image AUROC | pixel AUROC | AUPRO | ms / image | fit s |")
-    print("|---|---|---|---|---|---|")
-
-    def fmt(row, key, pattern="{:.3f}"):
-        value = row.get(key)
-        return "–" if value is None or value != value else pattern.format(value)
-
-    for r in rows:
-        print(
-            f"| {r['method']} | {fmt(r, 'image_auroc')} | {fmt(r, 'pixel_auroc')} | {fmt(r, 'aupro')} "
-            f"| {fmt(r, 'ms_per_image', '{:.0f}')} | {fmt(r, 'fit_s', '{:.0f}')} |"
-        )
+    print(markdown_table(rows, ("method",), extra=(("fit s", "fit_s", "{:.0f}"),)))
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ from diffad.scoring.scorer import (
 )
 
 _SCHEDULERS = {"ddim": NoiseDDIMScheduler, "ddpm": NoiseDDPMScheduler}
+PIXEL_RESIDUALS = ("pixel", "ssim", "feature")  # compare decoded reconstructions with the input
 
 
 @dataclass
@@ -50,12 +51,13 @@ class AnomalyDetectionOutput(BaseOutput):
             images differ in size.
         anomaly_scores: (N,) image scores, the maximum of each (pooled) map at the working resolution.
         reconstructions: the denoised images in [0, 1] (first strength, first noise draw), resized to
-            each image's size: "np" (N, H, W, C), "pt" (N, C, H, W), "pil" list of images.
+            each image's size: "np" (N, H, W, C), "pt" (N, C, H, W), "pil" list of images; None when
+            called with `output_reconstructions=False` and no residual needed them.
     """
 
     anomaly_maps: np.ndarray | torch.Tensor | list
     anomaly_scores: np.ndarray | torch.Tensor
-    reconstructions: np.ndarray | torch.Tensor | list[PIL.Image.Image]
+    reconstructions: np.ndarray | torch.Tensor | list[PIL.Image.Image] | None
 
 
 @dataclass
@@ -142,6 +144,7 @@ class AnomalyDetectionPipeline(DiffusionPipeline):
         return_dict: bool = True,
         num_ensemble: int | None = None,
         batch_size: int = 8,
+        output_reconstructions: bool = True,
     ) -> AnomalyDetectionOutput | tuple:
         r"""
         Args:
@@ -157,6 +160,9 @@ class AnomalyDetectionPipeline(DiffusionPipeline):
             return_dict: return an `AnomalyDetectionOutput` rather than a tuple.
             num_ensemble: noise draws per strength, averaged.
             batch_size: images per forward pass.
+            output_reconstructions: False skips decoding the denoised latents when no residual needs
+                them (the latent and feature-Gaussian residuals do not): the largest cost of a small
+                latent pipeline. `reconstructions` is then None (those decoded anyway still come back).
             None for a setting means the scorer's config.
         """
         settings = self._settings(strength, num_inference_steps, noise, num_ensemble)
@@ -165,15 +171,21 @@ class AnomalyDetectionPipeline(DiffusionPipeline):
         seeds = self._image_seeds(generator, len(images))
         maps, scores, reconstructions = [], [], []
         for start, batch in self._batches(images, batch_size):
-            residuals, x_hat = self._residual_maps(batch, settings, seeds[start : start + len(batch)])
+            residuals, x_hat = self._residual_maps(
+                batch,
+                settings,
+                seeds[start : start + len(batch)],
+                decode=output_reconstructions or self.segmentation_head is not None,
+            )
             batch_maps = self.scorer.combine(residuals)
             if self.segmentation_head is not None:
                 batch_maps = self._head_maps(batch, x_hat, batch_maps)
             scores.append(self.scorer.score(batch_maps).float().cpu())
-            for original, anomaly_map, recon in zip(batch, batch_maps, x_hat):
+            for i, (original, anomaly_map) in enumerate(zip(batch, batch_maps)):
                 size = tuple(original.shape[-2:])
                 maps.append(resize(anomaly_map[None, None].float(), size)[0, 0].cpu())
-                reconstructions.append(resize(recon[None].float(), size)[0].cpu())
+                if x_hat is not None:
+                    reconstructions.append(resize(x_hat[i : i + 1].float(), size)[0].cpu())
         outputs = format_outputs(maps, torch.cat(scores), reconstructions, output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
@@ -219,6 +231,23 @@ class AnomalyDetectionPipeline(DiffusionPipeline):
                 )
         self.scorer.set_calibration(mode, moments)
         return self
+
+    @torch.no_grad()
+    def residual_maps(
+        self, image, generator: torch.Generator | list[torch.Generator] | None = None, batch_size: int = 8
+    ) -> dict[str, torch.Tensor]:
+        """Each residual with a weight above 0, smoothed but neither standardised nor weighted, at the
+        working resolution: name -> (N, R, R). `scorer.combine` turns them into maps; comparing
+        settings on them costs one detection pass, not one per setting."""
+        settings = self._settings(None, None, None, None)
+        images = to_tensor_list(image, self.image_channels)
+        seeds = self._image_seeds(generator, len(images))
+        parts: dict[str, list[torch.Tensor]] = {}
+        for start, batch in self._batches(images, batch_size):
+            residuals, _ = self._residual_maps(batch, settings, seeds[start : start + len(batch)])
+            for name, residual in residuals.items():
+                parts.setdefault(name, []).append(residual.float().cpu())
+        return {name: torch.cat(maps) for name, maps in parts.items()}
 
     @torch.no_grad()
     def fit_feature_gaussian(self, good_images, batch_size: int = 8) -> AnomalyDetectionPipeline:
@@ -296,9 +325,12 @@ class AnomalyDetectionPipeline(DiffusionPipeline):
             generator.seed()  # fresh entropy, not the global random state
         return torch.randint(high, (count,), generator=generator, device=generator.device).tolist()
 
-    def _residual_maps(self, originals: list[torch.Tensor], settings: _Settings, seeds: list[int]):
+    def _residual_maps(
+        self, originals: list[torch.Tensor], settings: _Settings, seeds: list[int], decode: bool = False
+    ):
         """Smoothed residual maps (name -> (N, R, R)), averaged over the ensemble, and the first
-        reconstruction (N, C, R, R) in [-1, 1]."""
+        reconstruction (N, C, R, R) in [-1, 1]: decoded when `decode`, or a residual or the segmentation
+        head needs it (else None)."""
         device = self._execution_device
         x = self._working_size(originals)
         names = self.scorer.active_residuals(
@@ -315,7 +347,8 @@ class AnomalyDetectionPipeline(DiffusionPipeline):
         for strength in settings.strengths:
             for _ in range(settings.num_ensemble):
                 z_hat = self._denoise(z0, strength, settings, generators)
-                x_hat = self._decode(z_hat)
+                wanted = any(n in PIXEL_RESIDUALS for n in names) or (first is None and decode)
+                x_hat = self._decode(z_hat) if wanted else None
                 first = x_hat if first is None else first
                 for name in names:
                     residual = self._residual(name, x, x_hat, z0, z_hat, features)

@@ -1,15 +1,16 @@
 """Build the demo's shipped pipeline, checkpoints/elpv-mono, from scratch (`make checkpoint`).
 
-1. `diffad fit` on the ELPV mono cells at 128 px, one channel, the `small` preset, a time budget,
-   with ImageNet EfficientNet-Lite0 features fused in (fitted and calibrated on good training cells);
+1. `diffad fit` with the demo's recipe (`diffad.demo.FIT_ARGS`: ELPV mono cells, 128 px, one channel,
+   the `small` preset, ImageNet EfficientNet-Lite0 features fused in) and a time budget; the fit
+   calibrates on good training cells and chooses the residual weights on synthetic defects;
 2. the networks' weights are stored as float16 (they load back as float32), to keep the folder small;
 3. the folder replaces the old one only once complete (written beside it, then renamed).
 
     python scripts/make_demo_checkpoint.py --output_dir checkpoints/elpv-mono [--max_minutes 25]
     python scripts/make_demo_checkpoint.py --output_dir checkpoints/elpv-mono --from_fit runs/elpv-fit
 
-`--from_fit DIR` packages an existing `diffad fit` folder instead of training (the demo's residual
-weights are set, features attached, and everything calibrated again).
+`--from_fit DIR` packages an existing `diffad fit` folder instead of training (features attached,
+calibrated again and the residual weights chosen again, with the recipe's settings).
 """
 
 from __future__ import annotations
@@ -22,26 +23,8 @@ from pathlib import Path
 
 import torch
 
-FIT_ARGS = [
-    "--data",
-    "elpv",
-    "--category",
-    "mono",
-    "--resolution",
-    "128",
-    "--channels",
-    "1",
-    "--preset",
-    "small",
-]
 LIMIT_MB = 40.0
 HALF = ("vae", "unet", "feature_extractor", "segmentation_head")
-# Residual weights for the shipped model (measured on ELPV mono: see the README's known limits):
-# the fused feature Gaussians carry the signal; SSIM adds the reconstruction's view at half weight.
-DEMO_SETTINGS = {
-    "pixel_weight": 0.0, "latent_weight": 0.0, "ssim_weight": 0.5, "deviation": "higher",
-    "num_inference_steps": 3,  # the demo runs in about 3 CPU-minutes
-}  # fmt: skip
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -54,11 +37,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def train(work: Path, minutes: float, seed: int) -> Path:
+    from diffad.demo import FIT_ARGS
     from diffad.training.fit import add_fit_args, run_fit
 
     fit_dir = work / "fit"
     argv = [*FIT_ARGS, "--output_dir", str(fit_dir), "--max_minutes", str(minutes), "--seed", str(seed)]
-    argv += ["--features", "lite0"]
     if fit_dir.is_dir():
         argv.append("--resume")
     run_fit(add_fit_args(argparse.ArgumentParser()).parse_args(argv))
@@ -69,33 +52,75 @@ def folder_mb(folder: Path) -> float:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 2**20
 
 
-def package(fit_dir: Path, output_dir: Path, seed: int) -> float:
+def model_card(stages: list[dict], config, selection: str | None) -> str:
+    """The folder's README: how it was trained and why it detects with the settings it has."""
+    lines = [
+        "# elpv-mono",
+        "",
+        "The pipeline `diffad demo` loads: ELPV mono solar cells, 128 px, one channel, with ImageNet",
+        "EfficientNet-Lite0 features. Rebuild it with `make checkpoint` (scripts/make_demo_checkpoint.py).",
+        "",
+        "| training stage | steps | steps / s | final loss |",
+        "|---|---|---|---|",
+    ]
+    for s in stages:
+        if "steps" in s:
+            lines.append(
+                f"| {s['stage']} | {s['steps']} | {s['steps_per_second']:.2f} | {s.get('loss', float('nan')):.4g} |"
+            )
+    weights = ", ".join(
+        f"{name} {config[f'{name}_weight']:g}"
+        for name in ("pixel", "ssim", "latent", "feature", "feature_gaussian")
+    )
+    lines += [
+        "",
+        f"Detection: {config['num_inference_steps']} DDIM steps from strength {config['strength']}; "
+        f"residual weights {weights}; deviation {config['deviation']}; calibration {config['calibration']}.",
+    ]
+    if selection is not None:
+        chosen = json.loads(selection)
+        c = chosen["chosen"]
+        lines += [
+            "",
+            f"The weights were chosen on synthetic defects ({chosen['method']}) made on {chosen['images']} good "
+            "training cells held out from calibration and the feature Gaussians, never on test cells: image AUROC "
+            f"{c['image_auroc']:.3f}, pixel AUROC {c['pixel_auroc']:.3f}, AUPRO {c['aupro']:.3f} there. "
+            f"selection.json lists all {len(chosen['trials'])} settings tried.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def package(fit_dir: Path, output_dir: Path, seed: int, recalibrate: bool) -> float:
     from diffad import AnomalyDetectionPipeline
-    from diffad.training.calibration import calibrate_pipeline, configure_scorer
+    from diffad.training.calibration import SELECTION_FILE, calibrate_pipeline
 
     work = output_dir.parent / f".{output_dir.name}.build"
     staged = work / "pipeline"
     shutil.rmtree(staged, ignore_errors=True)
-    pipe = AnomalyDetectionPipeline.from_pretrained(str(fit_dir))
-    configure_scorer(pipe, DEMO_SETTINGS)
-    pipe.save_pretrained(str(staged))
-    # Attaches EfficientNet-Lite0 features, fits their Gaussians on good training cells and
-    # calibrates every residual on 32 other good training cells.
-    calibrate_pipeline(staged, "elpv", "mono", mode="global", num_images=32, seed=seed, features="lite0")
+    shutil.copytree(
+        fit_dir, staged, ignore=shutil.ignore_patterns("checkpoint-*", "autoencoder", "logs", ".*")
+    )
+    if recalibrate:
+        # A fit made by another recipe gets this one's detection settings, features, calibration and
+        # residual weights chosen on synthetic defects (as `diffad fit` with FIT_ARGS does).
+        calibrate_pipeline(
+            staged, "elpv", "mono", mode="global", num_images=32, seed=seed, features="lite0",
+            settings={"num_inference_steps": 3, "feature_gaussian_dim": 64}, select_images=24,
+        )  # fmt: skip
     pipe = AnomalyDetectionPipeline.from_pretrained(str(staged))
     for name in HALF:
         module = getattr(pipe, name, None)
         if module is not None:
             module.to(torch.float16)
+    chosen = staged / SELECTION_FILE
+    selection = chosen.read_text() if chosen.is_file() else None
     shutil.rmtree(staged, ignore_errors=True)
     pipe.save_pretrained(str(staged))
+    if selection is not None:  # why the scorer has its weights
+        chosen.write_text(selection)
     summary = fit_dir / "fit_summary.json"
     stages = json.loads(summary.read_text())["stages"] if summary.is_file() else []
-    (staged / "README.md").write_text(
-        "# elpv-mono\n\nThe pipeline `diffad demo` loads: ELPV mono solar cells, 128 px, one channel.\n"
-        "Rebuild it with `make checkpoint` (scripts/make_demo_checkpoint.py).\n\n"
-        f"Training stages: `{json.dumps(stages)}`\n"
-    )
+    (staged / "README.md").write_text(model_card(stages, pipe.scorer.config, selection))
     size = folder_mb(staged)
     if size > LIMIT_MB:
         raise SystemExit(f"{staged} is {size:.1f} MB, over the {LIMIT_MB:g} MB the demo model may take")
@@ -113,7 +138,7 @@ def main(args: argparse.Namespace) -> int:
     fit_dir = Path(args.from_fit) if args.from_fit else None
     if fit_dir is None:
         fit_dir = train(output_dir.parent / f".{output_dir.name}.build", args.max_minutes, args.seed)
-    size = package(fit_dir, output_dir, args.seed)
+    size = package(fit_dir, output_dir, args.seed, recalibrate=args.from_fit is not None)
     print(f"wrote {output_dir} ({size:.1f} MB)")
     return 0
 

@@ -72,3 +72,27 @@ def test_shipped_model_is_small_and_detects():
     out = pipe(cells, num_inference_steps=2, generator=torch.Generator().manual_seed(0))
     assert out.anomaly_maps.shape == (2, 300, 300) and np.isfinite(out.anomaly_maps).all()
     assert pipe.unet.dtype == torch.float32  # stored as float16, computed in float32
+
+
+def test_train_follows_the_shipped_models_recipe(tmp_path, monkeypatch):
+    import diffad.training.fit as fit
+    from diffad.demo import TRAIN_MINUTES, train_model
+
+    seen = []
+    monkeypatch.setattr(fit, "run_fit", lambda args: seen.append(args) or 0)
+    assert train_model(tmp_path, TRAIN_MINUTES, 3) == tmp_path / "model"
+    args = seen[0]
+    assert (args.data, args.category, args.resolution, args.channels) == ("elpv", "mono", 128, 1)
+    assert args.features == "lite0" and args.feature_dim == 64 and args.num_inference_steps == 3
+    assert args.select_images > 0
+    assert args.max_minutes == TRAIN_MINUTES < 30 and args.seed == 3 and not args.resume
+
+
+def test_shipped_models_weights_were_chosen_on_synthetic_defects():
+    from diffad.demo import DEFAULT_MODEL
+
+    record = json.loads((DEFAULT_MODEL / "selection.json").read_text())
+    config = json.loads((DEFAULT_MODEL / "scorer" / "config.json").read_text())
+    assert record["images"] >= 4 and len(record["trials"]) > 1
+    assert {k: config[f"{k}_weight"] for k in record["chosen"]["weights"]} == record["chosen"]["weights"]
+    assert config["deviation"] == record["chosen"]["deviation"]

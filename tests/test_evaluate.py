@@ -141,3 +141,43 @@ def test_spread_keeps_both_ends():
     assert spread(list(range(10)), 4) == [0, 3, 6, 9]
     assert spread([1, 2], 5) == [1, 2]
     assert np.array_equal(spread(list("abc"), None), list("abc"))
+
+
+def test_latent_only_pipeline_decodes_only_the_shown_cases_with_their_own_noise(pipeline_dir, data_root):
+    from diffad.report.evaluate import case_candidates, run_category
+    from diffad.report.results import select_cases, summarize
+    from diffad.training.calibration import configure_scorer
+
+    pipe = load_detector(pipeline_dir)
+    configure_scorer(pipe, {"pixel_weight": 0.0, "ssim_weight": 0.0})
+    samples = load_samples(data_root, "widget", split="test")
+    fast = run_category(pipe, "widget", samples, SIZE, 4, seed=3, progress=False, num_cases=2)
+    assert isinstance(fast.reconstructions, dict)
+    assert sorted(fast.reconstructions) == case_candidates(fast.labels, fast.scores, 2)
+    threshold = summarize(fast).threshold
+    best, worst = select_cases(fast, threshold, 2)
+    assert set(best + worst) <= set(fast.reconstructions)
+    # The same reconstructions (and maps) as a run that decodes every image.
+    pipe.scorer.register_to_config(pixel_weight=1.0)
+    pipe.scorer.calibration_std[0] = float("inf")  # pixel residual decodes everything, adds 0 to the map
+    full = run_category(pipe, "widget", samples, SIZE, 4, seed=3, progress=False, num_cases=2)
+    assert isinstance(full.reconstructions, list)
+    for i, recon in fast.reconstructions.items():
+        np.testing.assert_array_equal(recon, full.reconstructions[i])
+    np.testing.assert_allclose(np.stack(fast.maps), np.stack(full.maps), atol=1e-5)
+
+
+def test_case_candidates_cover_every_threshold():
+    from diffad.report.evaluate import case_candidates
+    from diffad.report.results import CategoryResults, select_cases
+
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.zeros(30, int), np.ones(11, int)]
+    scores = rng.normal(size=41) + labels
+    results = CategoryResults(
+        "c", [f"{i}" for i in range(41)], labels, ["d"] * 41, scores, [np.zeros((2, 2))] * 41, None
+    )
+    covered = set(case_candidates(labels, scores, 4))
+    for threshold in np.linspace(-3, 4, 29):
+        best, worst = select_cases(results, float(threshold), 4)
+        assert set(best + worst) <= covered

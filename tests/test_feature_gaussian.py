@@ -140,10 +140,12 @@ def test_fit_calibration_attaches_features_and_fits_them_on_the_other_good_image
 
     monkeypatch.setattr(EfficientNetLiteFeatures, "from_wheel", fake_wheel)
     tiny_pipeline("kl", channels=1, resolution=RES).save_pretrained(tmp_path / "p")
-    count = calibrate_pipeline(
+    result = calibrate_pipeline(
         tmp_path / "p", str(data), None, mode="global", num_images=3, seed=0, features="lite0"
     )
-    assert count == 3 and asked == [("lite0", (2, 4))]  # the stride-8 and stride-16 stages only
+    assert result == {"images": 3, "selection": None} and asked == [
+        ("lite0", (2, 4))
+    ]  # the stride-8 and stride-16 stages only
     pipe = AnomalyDetectionPipeline.from_pretrained(tmp_path / "p")
     assert isinstance(pipe.feature_extractor, EfficientNetLiteFeatures)
     config = pipe.scorer.config

@@ -79,7 +79,14 @@ def pipe():
 
 @pytest.fixture(scope="module")
 def np_output(pipe):
-    return pipe(images(), generator=seeded())
+    # Module-scoped, so set up before the per-test one-thread fixture: the thread count is fixed here
+    # too, or bit-for-bit comparisons against it depend on which test asks first.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return pipe(images(), generator=seeded())
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_np_output(np_output):
@@ -205,3 +212,20 @@ def test_no_usable_residual_is_a_config_error():
     pipe = tiny_pipeline(None, pixel_weight=0.0, ssim_weight=0.0)  # latent needs a vae
     with pytest.raises(ConfigError, match="weight"):
         pipe(images(1))
+
+
+def test_without_reconstructions_the_maps_are_the_same_and_latent_only_skips_decoding(pipe, np_output):
+    out = pipe(images(), generator=seeded(), output_reconstructions=False)
+    np.testing.assert_array_equal(out.anomaly_maps, np_output.anomaly_maps)
+    # The pixel residuals decode anyway, and what was decoded comes back.
+    np.testing.assert_array_equal(out.reconstructions, np_output.reconstructions)
+    latent_only = tiny_pipeline("kl", pixel_weight=0.0, ssim_weight=0.0, feature_weight=0.0)
+    decoded = []
+    latent_only.vae.decode = lambda z, *a, _orig=latent_only.vae.decode, **k: (
+        decoded.append(1) or _orig(z, *a, **k)
+    )
+    fast = latent_only(images(), generator=seeded(), output_reconstructions=False)
+    assert fast.reconstructions is None and not decoded
+    full = latent_only(images(), generator=seeded())
+    assert decoded and full.reconstructions.shape == (2, SIZE, SIZE, 3)
+    np.testing.assert_array_equal(fast.anomaly_maps, full.anomaly_maps)

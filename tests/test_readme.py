@@ -3,6 +3,7 @@ training-script lines parse with their own parsers, named configs, scripts and p
 the Makefile has each `make` target. The commands themselves run in the other tests at tiny sizes."""
 
 import importlib
+import importlib.util
 import re
 import shlex
 from pathlib import Path
@@ -47,8 +48,16 @@ def test_training_commands_parse(line):
 
 
 @pytest.mark.parametrize("line", [x for x in LINES if x.startswith("python benchmarks/")])
-def test_benchmark_scripts_exist(line):
-    assert (ROOT / shlex.split(line)[1]).is_file()
+def test_benchmark_commands_parse(line):
+    words = shlex.split(line)
+    script = ROOT / words[1]
+    assert script.is_file()
+    if "--help" in words or len(words) == 2:  # no arguments to check
+        return
+    spec = importlib.util.spec_from_file_location(script.stem, script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.parse_args(words[2:])
 
 
 def test_pictures_exist():

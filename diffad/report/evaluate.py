@@ -154,11 +154,37 @@ def image_generator(seed: int, sample) -> torch.Generator:
     return torch.Generator().manual_seed(int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little"))
 
 
-def _call(detector, images: list, batch_size: int, generators: list):
+def _call(detector, images: list, batch_size: int, generators: list, reconstructions: bool = True):
     kwargs: dict[str, Any] = {"output_type": "np", "batch_size": batch_size}
-    if "generator" in inspect.signature(detector.__call__).parameters:
+    parameters = inspect.signature(detector.__call__).parameters
+    if "generator" in parameters:
         kwargs["generator"] = generators
+    if not reconstructions and "output_reconstructions" in parameters:
+        kwargs["output_reconstructions"] = False
     return detector(images, **kwargs)
+
+
+def case_candidates(labels: np.ndarray, scores: np.ndarray, count: int) -> list[int]:
+    """Every image the report can show as a best or worst case (`select_cases` ranks within each class
+    by score: the `count` highest and lowest of each class cover it, whatever the threshold)."""
+    chosen: set[int] = set()
+    for label in (0, 1):
+        idx = np.flatnonzero(labels == label)
+        ranked = idx[np.argsort(scores[idx], kind="stable")]
+        chosen.update(int(i) for i in ranked[:count])
+        chosen.update(int(i) for i in ranked[-count:])
+    return sorted(chosen)
+
+
+def _case_reconstructions(detector, dataset, samples, indices: list[int], batch_size: int, seed: int):
+    """Reconstructions of the images at `indices` only, with each image's own noise (so the same as a
+    full run would have given): decoding every test image would cost more than the detection."""
+    from diffad.report.panels import to_rgb8
+
+    images = [dataset[i]["image"] for i in indices]
+    generators = [image_generator(seed, samples[i]) for i in indices]
+    output = _call(detector, images, batch_size, generators)
+    return {i: to_rgb8(np.asarray(r)) for i, r in zip(indices, output.reconstructions)}
 
 
 def run_category(
@@ -169,8 +195,11 @@ def run_category(
     batch_size: int,
     seed: int = 0,
     progress: bool = True,
+    num_cases: int = 4,
 ) -> CategoryResults:
-    """The detector over `samples` (one category's test images) at `resolution`, one batch at a time."""
+    """The detector over `samples` (one category's test images) at `resolution`, one batch at a time.
+    A pipeline runs without decoding reconstructions where its residuals do not need them; those of
+    the images the report may show (`num_cases`) are made afterwards."""
     from tqdm.auto import tqdm
 
     from diffad.data import AnomalyDataset
@@ -185,7 +214,7 @@ def run_category(
             images = [item["image"] for item in items]
             began = time.perf_counter()
             generators = [image_generator(seed, samples[start + i]) for i in range(len(items))]
-            output = _call(detector, images, batch_size, generators)
+            output = _call(detector, images, batch_size, generators, reconstructions=False)
             seconds += time.perf_counter() - began
             batch_maps = [np.asarray(m, dtype=np.float32) for m in output.anomaly_maps]
             for item, amap in zip(items, batch_maps):
@@ -200,6 +229,11 @@ def run_category(
             if output.reconstructions is not None:
                 reconstructions += [to_rgb8(np.asarray(r)) for r in output.reconstructions]
             bar.update(len(items))
+    recon: list | dict | None = reconstructions or None
+    if recon is None and "output_reconstructions" in inspect.signature(detector.__call__).parameters:
+        labels = np.array([s.label for s in samples])
+        indices = case_candidates(labels, np.array(scores), num_cases)
+        recon = _case_reconstructions(detector, dataset, samples, indices, batch_size, seed)
     return CategoryResults(
         category=category,
         paths=[s.image_path for s in samples],
@@ -209,7 +243,7 @@ def run_category(
         maps=maps,
         masks=masks if any(s.mask_path for s in samples) else None,
         inputs=inputs,
-        reconstructions=reconstructions or None,
+        reconstructions=recon,
         seconds=seconds,
     )
 
@@ -259,7 +293,7 @@ def evaluate(
         detector = loaded[folder]
         size = resolution or detector_resolution(detector)
         chosen = spread([s for s in samples if s.category == name], limit)
-        results.append(run_category(detector, name, chosen, size, batch_size, seed, progress))
+        results.append(run_category(detector, name, chosen, size, batch_size, seed, progress, num_cases))
         detectors[name] = {**detector_settings(detector, folder), "resolution": size}
     settings = {
         "data": str(data) if str(data) == "elpv" else str(Path(data).resolve()),

@@ -9,6 +9,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from diffad.errors import ConfigError
 from diffad.files import atomic_write
 from diffad.report import figures
@@ -74,7 +76,10 @@ def _tiles(results: CategoryResults, index: int, colour_range: tuple[float, floa
     heat = overlay(image, amap, 0.5, *colour_range) if image is not None else colorize(amap, *colour_range)
     tiles = [image] if image is not None else []
     if results.reconstructions is not None:
-        tiles.append(to_rgb8(results.reconstructions[index]))
+        recon = results.reconstructions
+        recon = recon.get(index) if isinstance(recon, dict) else recon[index]
+        # A missing one (not made for this image) shows as a grey tile; the columns stay aligned.
+        tiles.append(to_rgb8(recon) if recon is not None else np.full_like(heat, 128))
     tiles.append(heat)
     if results.has_masks:
         tiles.append(mask_to_rgb8(results.masks[index]))

@@ -20,7 +20,8 @@ class CategoryResults:
 
     `masks` None: the dataset has no masks; pixel metrics are then not computed (None), not NaN.
     `inputs` and `reconstructions` are only needed for the report's panels: anything `to_rgb8`
-    reads (uint8 (H, W, 3) keeps memory low); None where a detector reconstructs nothing."""
+    reads (uint8 (H, W, 3) keeps memory low); None where a detector reconstructs nothing.
+    `reconstructions` may be a dict {image index: reconstruction} holding only the images shown."""
 
     category: str
     paths: list[str]
@@ -47,7 +48,7 @@ class CategoryResults:
         self.maps, self.masks = maps_and_masks(self.maps, self.masks, n)
         for name in ("inputs", "reconstructions"):
             items = getattr(self, name)
-            if items is not None and len(items) != n:
+            if items is not None and not isinstance(items, dict) and len(items) != n:
                 raise DataError(f"{self.category}: {n} images but {len(items)} {name}")
 
 

@@ -135,24 +135,23 @@ def format_outputs(
     "np": maps (N, H, W) float32, reconstructions (N, H, W, C) in [0, 1], scores (N,) — lists of
     arrays when the images differ in size. "pt": the same as tensors, reconstructions (N, C, H, W).
     "pil": maps as 32-bit float ("F") images, reconstructions as "L"/"RGB" images, scores numpy.
+    No reconstructions (an empty list) give None.
     """
     images = [((im + 1) / 2).clamp(0, 1) for im in images]
     same_size = len({tuple(m.shape) for m in maps}) == 1
     if output_type == "pt":
-        if same_size:
-            return torch.stack(maps), scores, torch.stack(images)
-        return maps, scores, images
+        recon = (torch.stack(images) if same_size else images) if images else None
+        return (torch.stack(maps) if same_size else maps), scores, recon
     if output_type == "np":
         maps_np = [m.numpy().astype(np.float32) for m in maps]
         recon_np = [im.permute(1, 2, 0).numpy().astype(np.float32) for im in images]
-        if same_size:
-            return np.stack(maps_np), scores.numpy(), np.stack(recon_np)
-        return maps_np, scores.numpy(), recon_np
+        recon = (np.stack(recon_np) if same_size else recon_np) if images else None
+        return (np.stack(maps_np) if same_size else maps_np), scores.numpy(), recon
     if output_type == "pil":
         maps_pil = [PIL.Image.fromarray(m.numpy().astype(np.float32)) for m in maps]
         recon_pil = []
         for im in images:
             array = (im.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
             recon_pil.append(PIL.Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array))
-        return maps_pil, scores.numpy(), recon_pil
+        return maps_pil, scores.numpy(), recon_pil if images else None
     raise ConfigError(f'output_type must be "np", "pt" or "pil"; got {output_type!r}')

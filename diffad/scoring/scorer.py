@@ -194,16 +194,27 @@ class AnomalyScorer(ModelMixin, ConfigMixin):
             std = self.calibration_std[row].to(residual)
         return (residual - mean) / std
 
-    def combine(self, residuals: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Weighted sum of the standardised, already smoothed residual maps (N, H, W)."""
+    def combine(
+        self,
+        residuals: dict[str, torch.Tensor],
+        weights: dict[str, float] | None = None,
+        deviation: str | None = None,
+    ) -> torch.Tensor:
+        """Weighted sum of the standardised, already smoothed residual maps (N, H, W). `weights` and
+        `deviation` replace the config's for this call (settings being compared)."""
         total = None
-        deviation = self.config.deviation
+        deviation = check_choice("deviation", deviation or self.config.deviation, DEVIATIONS)
         for name, residual in residuals.items():
+            weight = self.weight(name) if weights is None else float(weights.get(name, 0.0))
+            if weight == 0:
+                continue
             z = self.standardise(name, residual)
             if name != "feature_gaussian":
                 z = -z if deviation == "lower" else z.abs() if deviation == "both" else z
-            term = self.weight(name) * z
+            term = weight * z
             total = term if total is None else total + term
+        if total is None:
+            raise ConfigError(f"no residual among {', '.join(residuals)} has a weight above 0")
         return total
 
     def score(self, maps: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from diffad.training.checkpoints import write_final_atomic
+from diffad.training.checkpoints import write_final_atomic, write_json_atomic
 from diffad.training.data import good_training_samples, load_images
 from diffad.training.order import generator_for
 from diffad.training.pipeline_folder import PIPELINE_MARKER
@@ -26,6 +26,8 @@ FEATURE_VARIANTS = ("lite0", "lite1", "lite2")
 # features of 256 px inputs reached image AUROC 0.81 / AUPRO 0.74 alone, those of the 128 px working
 # images 0.58 / 0.27; the reconstruction feature residual stayed at chance (0.49-0.56), so it is off.
 FEATURE_SETTINGS = {"feature_gaussian_weight": 1.0, "feature_weight": 0.0, "feature_gaussian_resolution": 256}
+SELECTION_FILE = "selection.json"
+MIN_SELECT_IMAGES = 4  # fewer good and defective images than this choose nothing reliably
 MAX_GAUSSIAN_IMAGES = 400  # the feature Gaussians' images (PaDiM's covariances want many)
 
 
@@ -57,19 +59,35 @@ def calibrate_pipeline(
     seed: int,
     batch_size: int = 8,
     features: str = "none",
-) -> int:
-    """Calibrate the pipeline saved in `folder` on up to `num_images` good training images; returns how many.
+    settings: dict | None = None,
+    select_images: int = 0,
+) -> dict:
+    """Calibrate the pipeline saved in `folder` on up to `num_images` good training images.
 
-    `features`: "none", or an EfficientNet-Lite variant to attach first (see `attach_features`)."""
+    `features`: "none", or an EfficientNet-Lite variant to attach first (see `attach_features`).
+    `settings`: scorer settings to set first (e.g. num_inference_steps; calibration depends on them).
+    `select_images`: held-out good training images on which synthetic defects choose the residual
+    weights and deviation (`diffad.training.selection`; 0 keeps the scorer's). Writes what was chosen,
+    and why, to `folder/selection.json`. Returns a summary (images used, the choice)."""
     from diffad import AnomalyDetectionPipeline
+    from diffad.training import selection
 
     pipe = AnomalyDetectionPipeline.from_pretrained(str(folder))
     pipe.set_progress_bar_config(disable=True)
     if features != "none":
         attach_features(pipe, features)
+    if settings:
+        configure_scorer(pipe, settings)
+    select = select_images > 0 and mode != "none"
+    if select:  # every candidate needs its statistics
+        configure_scorer(pipe, {f"{name}_weight": 1.0 for name in selection.candidates(pipe)})
     samples = good_training_samples(data, category)
     order = torch.randperm(len(samples), generator=generator_for(seed, "calibration")).tolist()
     pick, rest = order[:num_images], order[num_images:]
+    held: list[int] = []
+    if select:
+        count = min(select_images, len(rest) // 2 if features != "none" else len(rest))
+        held, rest = rest[:count], rest[count:]
     # Loaded at the larger of the two sizes: the pipeline resizes to its working resolution itself,
     # and features of upsampled images would not be those it sees at detection.
     size = max(pipe.resolution, pipe.scorer.feature_gaussian_resolution if features != "none" else 0)
@@ -85,5 +103,20 @@ def calibrate_pipeline(
         batch_size=batch_size,
         gaussian_images=gaussian_images,
     )
-    write_final_atomic(folder, lambda tmp: pipe.save_pretrained(str(tmp)), marker=PIPELINE_MARKER)
-    return len(images)
+    record = None
+    if len(held) >= MIN_SELECT_IMAGES:
+        held_images = load_images([samples[i] for i in sorted(held)], size, pipe.image_channels)
+        record = selection.select_settings(pipe, held_images, seed=seed, batch_size=batch_size)
+    elif select:
+        print(
+            f"diffad: only {len(held)} good training images left to choose the residual weights on "
+            f"(needs {MIN_SELECT_IMAGES}); keeping the scorer's weights"
+        )
+
+    def save(tmp: Path) -> None:
+        pipe.save_pretrained(str(tmp))
+        if record is not None:
+            write_json_atomic(Path(tmp) / SELECTION_FILE, record)
+
+    write_final_atomic(folder, save, marker=PIPELINE_MARKER)
+    return {"images": len(images), "selection": None if record is None else record["chosen"]}

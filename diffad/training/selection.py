@@ -1,0 +1,128 @@
+"""Choose the scorer's residual weights and deviation on synthetic defects, never on test images.
+
+After calibration, `select_settings` makes one synthetic defect (the generator's "mix": DRAEM
+textures, smooth and flat fills, CutPaste, scratches, spots, cracks) on each of a few held-out good
+training images, that neither the calibration statistics nor the feature Gaussians saw. It computes
+every candidate residual once on the good images and on their defective copies, then tries each
+setting of a small grid (weights 0, 0.5 or 1 per reconstruction residual; deviation higher, lower or
+both; the fitted feature Gaussians' weight 0 or 1) and keeps the one with the best mean of image
+AUROC, pixel AUROC and AUPRO (the simplest within 0.01 of it). Every setting's figures are kept in the record (selection.json), so the
+best setting of any family (say, reconstruction residuals alone) is known without the test set.
+
+Which residual helps depends on the product: a defect the model does not reproduce leaves a higher
+residual, while on random textures (DAGM) a smooth defect is reproduced better than the good texture
+and leaves a lower one. A fixed choice is right for one of them and wrong for the other.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from diffad.metrics import ranking
+from diffad.metrics.pixels import PooledPixels
+from diffad.scoring.scorer import DEVIATIONS, RESIDUALS
+
+WEIGHTS = (0.0, 0.5, 1.0)
+EVAL_SIZE = 64  # maps and masks are compared at this side: the grid's metrics stay cheap
+SYNTHESIS_METHOD = "mix"
+TOLERANCE = 0.01  # objectives closer than this count as equal (the simpler setting is kept)
+
+
+def candidates(pipe) -> list[str]:
+    """The reconstruction residuals this pipeline can compute."""
+    available = {"pixel": True, "ssim": True, "latent": pipe.vae is not None}
+    available["feature"] = pipe.feature_extractor is not None
+    return [name for name in RESIDUALS if available[name]]
+
+
+def grid(names: list[str], gaussians: bool) -> list[dict]:
+    """Every setting to try: a weight per reconstruction residual, a deviation (once some such weight is
+    above 0), and with fitted feature Gaussians their weight, 0 or 1 (1 fixes the scale the others
+    are added to). Settings with every weight 0 detect nothing and are left out."""
+    settings = []
+    for anchor in (0.0, 1.0) if gaussians else (0.0,):
+        for weights in itertools.product(WEIGHTS, repeat=len(names)):
+            chosen = {**dict(zip(names, weights)), **({"feature_gaussian": anchor} if gaussians else {})}
+            if not any(weights):
+                if anchor:
+                    settings.append({"weights": chosen, "deviation": "higher"})
+                continue
+            settings.extend({"weights": chosen, "deviation": deviation} for deviation in DEVIATIONS)
+    return settings
+
+
+def best(trials: list[dict], where=None, tolerance: float = TOLERANCE) -> dict | None:
+    """Among the trials `where(weights)` accepts, the one with the fewest residuals whose objective is
+    within `tolerance` of the best (then the best objective): a few dozen synthetic defects cannot
+    tell apart settings closer than that, and each extra residual costs time and may fit them only."""
+    kept = [t for t in trials if where is None or where(t["weights"])]
+    if not kept:
+        return None
+    top = max(t["objective"] for t in kept)
+    near = [t for t in kept if t["objective"] >= top - tolerance]
+    return min(near, key=lambda t: (sum(w > 0 for w in t["weights"].values()), -t["objective"]))
+
+
+def make_defects(images: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One seeded synthetic defect per image: (defective images, masks (N, H, W) in {0, 1})."""
+    from diffad.synthesis.methods import synthesize
+
+    out, masks = [], []
+    for i, image in enumerate(images):
+        defect = synthesize(image, SYNTHESIS_METHOD, torch.Generator().manual_seed(seed * 100003 + i))
+        out.append(defect.image)
+        masks.append((defect.mask.reshape(image.shape[-2:]) > 0.5).float())
+    return torch.stack(out), torch.stack(masks)
+
+
+def _objective(scores: np.ndarray, labels: np.ndarray, maps: np.ndarray, masks: np.ndarray) -> dict:
+    neg, pos = np.sort(scores[labels == 0]), np.sort(scores[labels == 1])
+    pixels = PooledPixels.from_maps(list(maps), list(masks))
+    result = {
+        "image_auroc": ranking.auroc(neg, pos),
+        "pixel_auroc": pixels.auroc(),
+        "aupro": pixels.aupro(),
+    }
+    result["objective"] = float(np.mean(list(result.values())))
+    return result
+
+
+@torch.no_grad()
+def select_settings(pipe, good_images: torch.Tensor, seed: int, batch_size: int = 8) -> dict:
+    """Try the grid on `good_images` and synthetic defects made on them; set the best in the scorer.
+
+    The scorer must be calibrated with a weight above 0 for every candidate residual (their statistics
+    are then known). Returns a JSON-able record: the chosen setting and every setting's metrics."""
+    scorer = pipe.scorer
+    gaussians = scorer.has_feature_gaussian and scorer.weight("feature_gaussian") > 0
+    defective, masks = make_defects(good_images, seed)
+    images = torch.cat([good_images, defective])
+    labels = np.r_[np.zeros(len(good_images)), np.ones(len(defective))]
+    generator = torch.Generator().manual_seed(seed)
+    residuals = pipe.residual_maps(list(images), generator=generator, batch_size=batch_size)
+    side = min(EVAL_SIZE, next(iter(residuals.values())).shape[-1])
+    small_masks = F.adaptive_max_pool2d(torch.cat([torch.zeros_like(masks), masks])[:, None], side)
+    small_masks = small_masks[:, 0].numpy()
+    trials = []
+    for setting in grid(candidates(pipe), gaussians):
+        maps = scorer.combine(residuals, weights=setting["weights"], deviation=setting["deviation"])
+        scores = scorer.score(maps).numpy()
+        small = F.adaptive_avg_pool2d(maps[:, None], side)[:, 0].numpy()
+        trials.append({**setting, **_objective(scores, labels, small, small_masks)})
+    chosen = best(trials)
+    scorer.register_to_config(
+        **{f"{name}_weight": weight for name, weight in chosen["weights"].items()},
+        deviation=chosen["deviation"],
+    )
+    return {
+        "method": SYNTHESIS_METHOD,
+        "images": len(good_images),
+        "chosen": {
+            k: chosen[k] for k in ("weights", "deviation", "image_auroc", "pixel_auroc", "aupro", "objective")
+        },
+        "trials": trials,
+    }
