@@ -101,3 +101,17 @@ def test_best_keeps_the_simplest_setting_within_the_tolerance_and_filters_famili
     assert selection.best(trials, tolerance=0.001) is trials[0]
     assert selection.best(trials, where=lambda w: w["ssim"] == 0) is trials[2]
     assert selection.best(trials, where=lambda w: w["pixel"] > 5) is None
+
+
+def test_selection_still_chooses_when_no_setting_separates_anything():
+    class Flat(KnownResiduals):
+        def residual_maps(self, images, generator=None, batch_size=8):
+            flat = torch.zeros(len(images), SIZE, SIZE)
+            return {"pixel": flat, "ssim": flat.clone()}
+
+    good = torch.rand(4, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    pipe = Flat(good)
+    record = selection.select_settings(pipe, good, seed=0)
+    assert all(t["image_auroc"] == 0.5 for t in record["trials"])
+    # Nothing separates: the simplest setting (one residual) is kept.
+    assert sum(w > 0 for w in record["chosen"]["weights"].values()) == 1

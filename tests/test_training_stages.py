@@ -120,8 +120,11 @@ def test_diffad_fit_runs_both_stages_then_refuses_or_resumes(data, tmp_path, cap
 
     out = tmp_path / "fit"
     argv = ["fit", "--data", data, "--output_dir", out, "--preset", "tiny", "--resolution", 16,
-            "--vae_steps", 2, "--unet_steps", 2, "--validation_steps", 0]  # fmt: skip
+            "--vae_steps", 2, "--unet_steps", 2, "--validation_steps", 0, "--num_inference_steps", 2]  # fmt: skip
     argv = [str(a) for a in argv]
+    for bad in (["--num_inference_steps", "0"], ["--feature_dim", "-1"], ["--select_images", "-2"]):
+        assert main(argv + bad) == 2 and bad[0] in capsys.readouterr().err
+    assert not out.exists()  # refused before anything was written
     assert main(argv) == 0
     assert (out / "model_index.json").is_file() and (out / "autoencoder" / "config.json").is_file()
     summary = json.loads((out / "fit_summary.json").read_text())
@@ -129,6 +132,10 @@ def test_diffad_fit_runs_both_stages_then_refuses_or_resumes(data, tmp_path, cap
     assert [s.get("steps") for s in summary["stages"]] == [2, 2, None]
     scorer = json.loads((out / "scorer" / "config.json").read_text())
     assert scorer["calibration"] == "global" and scorer["resolution"] == 16
+    assert scorer["num_inference_steps"] == 2
+    if (out / "selection.json").is_file():  # enough good images were left to choose on
+        chosen = json.loads((out / "selection.json").read_text())["chosen"]
+        assert all(scorer[f"{k}_weight"] == v for k, v in chosen["weights"].items())
 
     assert main(argv) == 2  # the folder holds a fit now
     assert "--resume" in capsys.readouterr().err

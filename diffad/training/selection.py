@@ -87,7 +87,8 @@ def _objective(scores: np.ndarray, labels: np.ndarray, maps: np.ndarray, masks: 
         "pixel_auroc": pixels.auroc(),
         "aupro": pixels.aupro(),
     }
-    result["objective"] = float(np.mean(list(result.values())))
+    # An undefined figure (e.g. AUPRO of a constant map) counts as 0: such a setting finds nothing.
+    result["objective"] = float(np.mean(np.nan_to_num(list(result.values()), nan=0.0)))
     return result
 
 
