@@ -32,9 +32,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_baselines import load_split, markdown_table, timed_call  # noqa: E402
+from bench_baselines import extractor_ms, load_split, markdown_table, reference_row  # noqa: E402
 
-from diffad.baselines import PaDiM, PatchCore  # noqa: E402
 from diffad.data import load_samples  # noqa: E402
 from diffad.metrics import compute_metrics  # noqa: E402
 from diffad.training import selection  # noqa: E402
@@ -49,6 +48,7 @@ FAMILIES = {
     ),
 }
 TIMED_IMAGES = 32
+METRICS = ("image_auroc", "pixel_auroc", "aupro")
 
 
 def parse_args(argv=None):
@@ -74,24 +74,15 @@ def split_dataset(item: str) -> tuple[str, str, str | None, Path]:
 
 def metrics_row(scores, labels, maps, masks) -> dict:
     metrics = compute_metrics(scores, labels, maps if masks is not None else None, masks)
-    return {k: metrics[k] for k in ("image_auroc", "pixel_auroc", "aupro")}
+    return {k: metrics[k] for k in METRICS}
 
 
 def reference_rows(name, extractor, train, test, masks, labels, args) -> list[dict]:
     rows = []
     for method in filter(None, args.references.split(",")):
-        detector = {"padim": PaDiM, "patchcore": PatchCore}[method](extractor, resolution=args.resolution)
-        start = time.perf_counter()
-        detector.fit([train], generator=torch.Generator().manual_seed(args.seed), batch_size=args.batch_size)
-        fit_s = time.perf_counter() - start
-        out, ms = timed_call(detector, test, args.batch_size)
+        row = reference_row(method, extractor, train, test, masks, labels, args)
         rows.append(
-            {
-                "dataset": name,
-                "method": method,
-                **metrics_row(out.anomaly_scores, labels, out.anomaly_maps, masks),
-            }
-            | {"ms_per_image": ms, "fit_s": fit_s}
+            {"dataset": name, "method": method} | {k: row[k] for k in (*METRICS, "ms_per_image", "fit_s")}
         )
     return rows
 
@@ -155,17 +146,8 @@ def main(args) -> list[dict]:
         channels = 1
         train, _, _ = load_split(samples, "train", args.resolution, channels)
         test, masks, labels = load_split(samples, "test", args.resolution, channels)
-        start = time.perf_counter()
-        with torch.no_grad():
-            for i in range(0, len(test), args.batch_size):
-                extractor(test[i : i + args.batch_size])
-        rows.append(
-            {
-                "dataset": name,
-                "method": "extractor (Lite0)",
-                "ms_per_image": 1000 * (time.perf_counter() - start) / len(test),
-            }
-        )
+        ms = extractor_ms(extractor, test, args.batch_size)
+        rows.append({"dataset": name, "method": "extractor (Lite0)", "ms_per_image": ms})
         rows += reference_rows(name, extractor, train, test, masks, labels, args)
         rows += diffusion_rows(name, model, test, masks, labels, args)
     print_table(rows, args)

@@ -344,11 +344,11 @@ class AnomalyDetectionPipeline(DiffusionPipeline):
             names.remove("feature_gaussian")
             sums["feature_gaussian"] = self._feature_gaussian_map(originals)
         first = None
+        pixels = any(n in PIXEL_RESIDUALS for n in names)
         for strength in settings.strengths:
             for _ in range(settings.num_ensemble):
                 z_hat = self._denoise(z0, strength, settings, generators)
-                wanted = any(n in PIXEL_RESIDUALS for n in names) or (first is None and decode)
-                x_hat = self._decode(z_hat) if wanted else None
+                x_hat = self._decode(z_hat) if pixels or (first is None and decode) else None
                 first = x_hat if first is None else first
                 for name in names:
                     residual = self._residual(name, x, x_hat, z0, z_hat, features)

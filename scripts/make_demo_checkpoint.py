@@ -92,7 +92,7 @@ def model_card(stages: list[dict], config, selection: str | None) -> str:
 
 def package(fit_dir: Path, output_dir: Path, seed: int, recalibrate: bool) -> float:
     from diffad import AnomalyDetectionPipeline
-    from diffad.training.calibration import SELECTION_FILE, calibrate_pipeline
+    from diffad.training.calibration import SELECTION_FILE
 
     work = output_dir.parent / f".{output_dir.name}.build"
     staged = work / "pipeline"
@@ -102,11 +102,13 @@ def package(fit_dir: Path, output_dir: Path, seed: int, recalibrate: bool) -> fl
     )
     if recalibrate:
         # A fit made by another recipe gets this one's detection settings, features, calibration and
-        # residual weights chosen on synthetic defects (as `diffad fit` with FIT_ARGS does).
-        calibrate_pipeline(
-            staged, "elpv", "mono", mode="global", num_images=32, seed=seed, features="lite0",
-            settings={"num_inference_steps": 3, "feature_gaussian_dim": 64}, select_images=24,
-        )  # fmt: skip
+        # residual weights chosen on synthetic defects: the last step of `diffad fit` with FIT_ARGS.
+        from diffad.demo import FIT_ARGS
+        from diffad.training.fit import add_fit_args, calibrate_fit
+
+        argv = [*FIT_ARGS, "--output_dir", str(staged), "--seed", str(seed)]
+        args = add_fit_args(argparse.ArgumentParser()).parse_args(argv)
+        calibrate_fit(args, staged, args.features)
     pipe = AnomalyDetectionPipeline.from_pretrained(str(staged))
     for name in HALF:
         module = getattr(pipe, name, None)

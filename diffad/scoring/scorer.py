@@ -153,10 +153,15 @@ class AnomalyScorer(ModelMixin, ConfigMixin):
         """Whether `calibrate` has fitted the feature Gaussians."""
         return int(self.config.feature_gaussian_channels) > 0
 
+    @staticmethod
+    def available_residuals(*, latent: bool, feature: bool) -> list[str]:
+        """The reconstruction residuals a pipeline can compute: latent needs a vae, feature an extractor."""
+        available = {"pixel": True, "ssim": True, "latent": latent, "feature": feature}
+        return [n for n in RESIDUALS if available[n]]
+
     def active_residuals(self, *, latent: bool, feature: bool) -> list[str]:
         """The residuals with a non-zero weight that the pipeline can compute (feature_gaussian once fitted)."""
-        available = {"pixel": True, "ssim": True, "latent": latent, "feature": feature}
-        names = [n for n in RESIDUALS if available[n] and self.weight(n) > 0]
+        names = [n for n in self.available_residuals(latent=latent, feature=feature) if self.weight(n) > 0]
         if feature and self.has_feature_gaussian and self.weight("feature_gaussian") > 0:
             names.append("feature_gaussian")
         if not names:

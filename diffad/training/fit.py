@@ -243,33 +243,7 @@ def run_fit(args: argparse.Namespace) -> int:
 
     features = _features(args.features)
     if args.calibration != "none" or features != "none" or args.num_inference_steps is not None:
-        from diffad.training.calibration import calibrate_pipeline
-
-        t0 = time.monotonic()
-        settings = {} if features == "none" else {"feature_gaussian_dim": args.feature_dim}
-        if args.num_inference_steps is not None:
-            settings["num_inference_steps"] = args.num_inference_steps
-        result = calibrate_pipeline(
-            out,
-            args.data,
-            args.category,
-            mode=args.calibration,
-            num_images=args.calibration_images,
-            seed=args.seed,
-            features=features,
-            settings=settings,
-            select_images=args.select_images,
-        )
-        seconds = round(time.monotonic() - t0, 1)
-        summaries.append(
-            {
-                "stage": "calibration",
-                "mode": args.calibration,
-                "seconds": seconds,
-                "features": features,
-                **result,
-            }
-        )
+        summaries.append(calibrate_fit(args, out, features))
 
     if args.with_head:
         summaries.append(_fit_head(args, out, deadline))
@@ -290,6 +264,36 @@ def run_fit(args: argparse.Namespace) -> int:
         print(f"diffad fit: {s['stage']}: {s['steps']} steps, {s['steps_per_second']:.3f} steps/s, {losses}")
     print(f"diffad fit: detection pipeline written to {out}")
     return 0
+
+
+def calibrate_fit(args: argparse.Namespace, out: Path, features: str) -> dict:
+    """The fit's last step on the pipeline in `out`: detection settings from `args`, features,
+    calibration and the residual weights chosen on synthetic defects. Returns its summary."""
+    from diffad.training.calibration import calibrate_pipeline
+
+    t0 = time.monotonic()
+    settings = {} if features == "none" else {"feature_gaussian_dim": args.feature_dim}
+    if args.num_inference_steps is not None:
+        settings["num_inference_steps"] = args.num_inference_steps
+    result = calibrate_pipeline(
+        out,
+        args.data,
+        args.category,
+        mode=args.calibration,
+        num_images=args.calibration_images,
+        seed=args.seed,
+        features=features,
+        settings=settings,
+        select_images=args.select_images,
+    )
+    seconds = round(time.monotonic() - t0, 1)
+    return {
+        "stage": "calibration",
+        "mode": args.calibration,
+        "seconds": seconds,
+        "features": features,
+        **result,
+    }
 
 
 def _features(choice: str | None) -> str:

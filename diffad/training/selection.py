@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from diffad.metrics import ranking
 from diffad.metrics.pixels import PooledPixels
-from diffad.scoring.scorer import DEVIATIONS, RESIDUALS
+from diffad.scoring.scorer import DEVIATIONS
 
 WEIGHTS = (0.0, 0.5, 1.0)
 EVAL_SIZE = 64  # maps and masks are compared at this side: the grid's metrics stay cheap
@@ -34,9 +34,9 @@ TOLERANCE = 0.01  # objectives closer than this count as equal (the simpler sett
 
 def candidates(pipe) -> list[str]:
     """The reconstruction residuals this pipeline can compute."""
-    available = {"pixel": True, "ssim": True, "latent": pipe.vae is not None}
-    available["feature"] = pipe.feature_extractor is not None
-    return [name for name in RESIDUALS if available[name]]
+    return pipe.scorer.available_residuals(
+        latent=pipe.vae is not None, feature=pipe.feature_extractor is not None
+    )
 
 
 def grid(names: list[str], gaussians: bool) -> list[dict]:
