@@ -8,10 +8,12 @@ Each `--dataset NAME=DATA[/CATEGORY]:MODEL` names a dataset (a folder, or `elpv/
 and masks compared at it):
 
 - PaDiM and PatchCore are fitted on the good training images and score the test split;
-- the diffusion pipeline computes every residual once on the test split, and four of its settings
+- the diffusion pipeline computes every residual once on the test split, and seven of its settings
   are read off them: the best reconstruction-residual setting (pixel, SSIM, latent), the best one
-  with the reconstruction feature residual, the best fused with the feature Gaussians, and the one
-  the fit chose overall (the simplest within 0.01 of the best; it may be the Gaussians alone). "Best" is
+  with the reconstruction feature residual, the best fused with the feature Gaussians, the Gaussians
+  alone, the best of the feature head without any reconstruction residual, the best fused with the
+  feature head (these two need a fit with `--feature_head_steps`), and
+  the one the fit chose overall (the simplest within 0.01 of the best; it may be the Gaussians alone). "Best" is
   taken from the fit's selection.json, i.e. measured on synthetic defects made on held-out good
   training images: no test image chooses anything.
 
@@ -36,16 +38,31 @@ from bench_baselines import extractor_ms, load_split, markdown_table, reference_
 
 from diffad.data import load_samples  # noqa: E402
 from diffad.metrics import compute_metrics  # noqa: E402
+from diffad.scoring.scorer import FITTED_MAPS, RESIDUALS  # noqa: E402
 from diffad.training import selection  # noqa: E402
 from diffad.training.calibration import SELECTION_FILE  # noqa: E402
 
+
 # The diffusion rows: which weights each family may use (read off the fit's selection trials).
+def _reconstruction(w: dict) -> bool:
+    return any(w.get(k, 0) > 0 for k in RESIDUALS)
+
+
 FAMILIES = {
-    "diffusion, pixel residuals": lambda w: w.get("feature", 0) == 0 and w.get("feature_gaussian", 0) == 0,
-    "diffusion, feature residuals": lambda w: w.get("feature", 0) > 0 and w.get("feature_gaussian", 0) == 0,
-    "diffusion, fused with feature Gaussians": lambda w: (
-        w.get("feature_gaussian", 0) > 0 and any(v > 0 for k, v in w.items() if k != "feature_gaussian")
+    "diffusion, pixel residuals": lambda w: not any(w.get(k, 0) for k in ("feature", *FITTED_MAPS)),
+    "diffusion, feature residuals": lambda w: (
+        w.get("feature", 0) > 0 and not any(w.get(k, 0) for k in FITTED_MAPS)
     ),
+    "diffusion, fused with feature Gaussians": lambda w: (
+        w.get("feature_gaussian", 0) > 0 and not w.get("feature_head", 0) and _reconstruction(w)
+    ),
+    "feature Gaussians without diffusion": lambda w: (
+        w.get("feature_gaussian", 0) > 0 and not w.get("feature_head", 0) and not _reconstruction(w)
+    ),
+    "feature head without diffusion (with or without Gaussians)": lambda w: (
+        w.get("feature_head", 0) > 0 and not _reconstruction(w)
+    ),
+    "diffusion, fused with the feature head": lambda w: w.get("feature_head", 0) > 0 and _reconstruction(w),
 }
 TIMED_IMAGES = 32
 METRICS = ("image_auroc", "pixel_auroc", "aupro")
@@ -102,7 +119,7 @@ def diffusion_rows(name, model: Path, test, masks, labels, args) -> list[dict]:
     record = json.loads((model / SELECTION_FILE).read_text())
     pipe = AnomalyDetectionPipeline.from_pretrained(str(model))
     pipe.set_progress_bar_config(disable=True)
-    names = selection.candidates(pipe) + (["feature_gaussian"] if pipe.scorer.has_feature_gaussian else [])
+    names = selection.candidates(pipe) + selection.fitted_maps(pipe.scorer, in_use=False)
     chosen = {k: float(pipe.scorer.config[f"{k}_weight"]) for k in names}, pipe.scorer.config.deviation
     pipe.scorer.register_to_config(**{f"{k}_weight": 1.0 for k in names})
     start = time.perf_counter()

@@ -26,11 +26,13 @@ from diffad.models import downsample_factor
 from diffad.noise import sample_noise
 from diffad.schedulers import NoiseDDIMScheduler, NoiseDDPMScheduler, partial_timesteps
 from diffad.scoring import feature_gaussian as fg
+from diffad.scoring import feature_head as fh
 from diffad.scoring.features import extract_features
 from diffad.scoring.images import format_outputs, resize, to_tensor_list
 from diffad.scoring.residuals import feature_residual, latent_residual, pixel_residual, ssim_residual
 from diffad.scoring.scorer import (
     CALIBRATIONS,
+    FITTED_MAPS,
     NOISE_KINDS,
     SAMPLERS,
     AnomalyScorer,
@@ -200,6 +202,7 @@ class AnomalyDetectionPipeline(DiffusionPipeline):
         mode: str = "per_pixel",
         batch_size: int = 8,
         gaussian_images=None,
+        feature_head_steps: int = 300,
     ) -> AnomalyDetectionPipeline:
         """Record the mean and standard deviation of each residual over good images, per pixel or
         global, in the scorer; later maps are standardised by them (z-scores, comparable across
@@ -208,10 +211,16 @@ class AnomalyDetectionPipeline(DiffusionPipeline):
 
         With a feature extractor and `feature_gaussian_weight` > 0, the feature Gaussians are fitted
         first, on `gaussian_images` (default: `good_images`; better, other good images than those the
-        statistics come from, since images a Gaussian was fitted on lie closer to it than unseen ones)."""
+        statistics come from, since images a Gaussian was fitted on lie closer to it than unseen ones).
+        With `feature_head_weight` > 0 the feature head is trained next, on the same images and
+        synthetic defects made on them, for `feature_head_steps` (seeded by `generator`'s initial seed)."""
         check_choice("calibration mode", mode, CALIBRATIONS)
+        fit_images = good_images if gaussian_images is None else gaussian_images
         if self.feature_extractor is not None and self.scorer.weight("feature_gaussian") > 0:
-            self.fit_feature_gaussian(good_images if gaussian_images is None else gaussian_images, batch_size)
+            self.fit_feature_gaussian(fit_images, batch_size)
+        if self.feature_extractor is not None and self.scorer.weight("feature_head") > 0:
+            seed = generator.initial_seed() % 2**31 if isinstance(generator, torch.Generator) else 0
+            self.fit_feature_head(fit_images, seed=seed, steps=feature_head_steps, batch_size=batch_size)
         if mode == "none":
             self.scorer.set_calibration("none", {})
             return self
@@ -268,17 +277,87 @@ class AnomalyDetectionPipeline(DiffusionPipeline):
         self.scorer.set_feature_gaussian(projection, mean, precision, moments.grid)
         return self
 
+    def _progress(self, iterable=None, total=None, desc=None):
+        """A tqdm bar with a description, honouring `set_progress_bar_config`."""
+        from tqdm.auto import tqdm
+
+        return tqdm(iterable, total=total, **{"desc": desc, **getattr(self, "_progress_bar_config", {})})
+
+    @torch.no_grad()
+    def _embeddings(self, images: list[torch.Tensor], batch_size: int, desc: str) -> torch.Tensor:
+        parts = []
+        for _, batch in self._progress(list(self._batches(images, batch_size)), desc=desc):
+            x = self._working_size(batch, self.scorer.feature_gaussian_resolution)
+            parts.append(self._embedding(x).float().cpu())
+        return torch.cat(parts)
+
+    def fit_feature_head(
+        self,
+        good_images,
+        seed: int = 0,
+        defects_per_image: int = 3,
+        steps: int = 300,
+        batch_size: int = 8,
+        train_batch_size: int = 32,
+    ) -> AnomalyDetectionPipeline:
+        """Train the scorer's feature head (the "feature_head" residual) on good images and
+        `defects_per_image` synthetic defects made on each (a fresh one each time), for `steps` batches
+        of `train_batch_size`. The same seed gives the same head."""
+        from diffad.synthesis.methods import synthesize
+
+        if self.feature_extractor is None:
+            raise ConfigError("the feature_head residual needs a feature_extractor in the pipeline")
+        if defects_per_image < 1 or steps < 1 or train_batch_size < 1:
+            raise ConfigError("defects_per_image, steps and train_batch_size must be at least 1")
+        images = to_tensor_list(good_images, self.image_channels)
+        good = self._embeddings(images, batch_size, "feature head: good images")
+        mean, std = fh.position_statistics(good)
+        defects, masks = [], []
+        for k in self._progress(
+            range(defects_per_image * len(images)), desc="feature head: synthetic defects"
+        ):
+            generator = torch.Generator().manual_seed((seed * 1_000_003 + k) % 2**63)
+            defect = synthesize(images[k % len(images)], fh.SYNTHESIS_METHOD, generator)
+            defects.append(defect.image)
+            masks.append(defect.mask.reshape(defect.image.shape[-2:]))
+        defective = self._embeddings(defects, batch_size, "feature head: defect features")
+        grid = tuple(good.shape[-2:])
+        # float16 halves the memory of a few thousand embeddings; standardised values need no more.
+        inputs = ((torch.cat([good, defective]) - mean) / std).half()
+        targets = torch.cat([torch.zeros(len(good), 1, *grid), fh.defect_targets(torch.stack(masks), grid)])
+        head = fh.make_head(int(mean.shape[0]), int(self.scorer.config.feature_head_hidden))
+        with torch.enable_grad(), self._progress(total=steps, desc="feature head: training") as bar:
+            fh.train_head(
+                head,
+                inputs,
+                targets,
+                steps=steps,
+                batch_size=train_batch_size,
+                generator=torch.Generator().manual_seed(seed),
+                progress=bar,
+            )
+        self.scorer.set_feature_head(head.to(self.unet.dtype), mean, std)
+        return self
+
     def _embedding(self, x: torch.Tensor) -> torch.Tensor:
         return fg.pooled_embedding(self._features(x))
 
-    def _feature_gaussian_map(self, originals: list[torch.Tensor]) -> torch.Tensor:
-        """Mahalanobis distance to the fitted feature Gaussians, at the working resolution: (N, R, R)."""
+    def _fitted_maps(self, originals: list[torch.Tensor], names: list[str]) -> dict[str, torch.Tensor]:
+        """The maps of the input's own features in `names` (feature Gaussians, feature head), at the
+        working resolution: name -> (N, R, R). The features are extracted once for both."""
         scorer = self.scorer
-        x = self._working_size(originals, scorer.feature_gaussian_resolution)
-        dist = fg.mahalanobis_map(
-            self._embedding(x), scorer.gaussian_projection, scorer.gaussian_mean, scorer.gaussian_precision
-        )
-        return resize(dist[:, None].float(), (self.resolution, self.resolution))[:, 0]
+        embedding = self._embedding(self._working_size(originals, scorer.feature_gaussian_resolution))
+        maps = {}
+        if "feature_gaussian" in names:
+            maps["feature_gaussian"] = fg.mahalanobis_map(
+                embedding, scorer.gaussian_projection, scorer.gaussian_mean, scorer.gaussian_precision
+            )
+        if "feature_head" in names:
+            maps["feature_head"] = fh.head_map(
+                scorer.feature_head, embedding, scorer.head_mean, scorer.head_std
+            )
+        size = (self.resolution, self.resolution)
+        return {name: resize(m[:, None].float(), size)[:, 0] for name, m in maps.items()}
 
     def _working_size(self, originals: list[torch.Tensor], side: int | None = None) -> torch.Tensor:
         size = (side or self.resolution,) * 2
@@ -339,10 +418,9 @@ class AnomalyDetectionPipeline(DiffusionPipeline):
         generators = [torch.Generator(device).manual_seed(seed) for seed in seeds]
         z0 = self._encode(x)
         features = self._features(x) if "feature" in names else None
-        sums: dict[str, torch.Tensor] = {}
-        if "feature_gaussian" in names:  # of the input alone: once, not per reconstruction
-            names.remove("feature_gaussian")
-            sums["feature_gaussian"] = self._feature_gaussian_map(originals)
+        fitted = [n for n in names if n in FITTED_MAPS]  # of the input alone: once, not per reconstruction
+        names = [n for n in names if n not in FITTED_MAPS]
+        sums: dict[str, torch.Tensor] = self._fitted_maps(originals, fitted) if fitted else {}
         first = None
         pixels = any(n in PIXEL_RESIDUALS for n in names)
         for strength in settings.strengths:

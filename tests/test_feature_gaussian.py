@@ -141,7 +141,14 @@ def test_fit_calibration_attaches_features_and_fits_them_on_the_other_good_image
     monkeypatch.setattr(EfficientNetLiteFeatures, "from_wheel", fake_wheel)
     tiny_pipeline("kl", channels=1, resolution=RES).save_pretrained(tmp_path / "p")
     result = calibrate_pipeline(
-        tmp_path / "p", str(data), None, mode="global", num_images=3, seed=0, features="lite0"
+        tmp_path / "p",
+        str(data),
+        None,
+        mode="global",
+        num_images=3,
+        seed=0,
+        features="lite0",
+        feature_head_steps=5,
     )
     assert result == {"images": 3, "selection": None} and asked == [
         ("lite0", (2, 4))

@@ -190,3 +190,11 @@ def test_scorer_deviation_picks_the_direction_of_anomalies(deviation, expected):
     combined = scorer.combine({"pixel": pixel, "ssim": ssim})
     # higher: 1 * z_pixel + 0.5 * z_ssim; lower: of -z; both: of |z|
     np.testing.assert_allclose(combined.flatten().numpy(), expected)
+
+
+def test_scorer_refuses_weights_for_residuals_it_was_not_given():
+    scorer = AnomalyScorer(resolution=8)
+    pixel = torch.ones(1, 1, 1)
+    assert scorer.combine({"pixel": pixel}, weights={"pixel": 1.0, "feature_head": 0.0}).item() == 1.0
+    with pytest.raises(ConfigError, match="not computed: feature_gaussian"):
+        scorer.combine({"pixel": pixel}, weights={"pixel": 1.0, "feature_gaussian": 1.0})

@@ -13,13 +13,17 @@ SIZE = 32
 
 
 def test_grid_tries_every_weight_and_deviation_once():
-    settings = selection.grid(["pixel", "ssim"], gaussians=False)
+    settings = selection.grid(["pixel", "ssim"])
     # 3 x 3 weight pairs, all-zero left out (nothing to detect with), 3 deviations each.
     assert len(settings) == 8 * 3
     assert len({json.dumps(s, sort_keys=True) for s in settings}) == len(settings)
-    fused = selection.grid(["pixel", "ssim"], gaussians=True)
+    fused = selection.grid(["pixel", "ssim"], ["feature_gaussian"])
     assert len(fused) == 2 * 8 * 3 + 1  # with and without the Gaussians, and the Gaussians alone
     assert {s["weights"]["feature_gaussian"] for s in fused} == {0.0, 1.0}
+    both = selection.grid(["pixel", "ssim"], ["feature_gaussian", "feature_head"])
+    assert len(both) == 4 * 8 * 3 + 3  # each pair of the two maps' weights; each map alone, both alone
+    alone = [s["weights"] for s in both if not s["weights"]["pixel"] and not s["weights"]["ssim"]]
+    assert sorted((w["feature_gaussian"], w["feature_head"]) for w in alone) == [(0, 1), (1, 0), (1, 1)]
 
 
 class KnownResiduals:
@@ -77,7 +81,7 @@ def test_calibration_chooses_weights_on_held_out_images_and_records_why(tmp_path
     )  # fmt: skip
     record = json.loads((tmp_path / "p" / SELECTION_FILE).read_text())
     assert record["images"] == 6 and result["selection"] == record["chosen"]
-    assert len(record["trials"]) == len(selection.grid(["pixel", "ssim", "latent"], gaussians=False))
+    assert len(record["trials"]) == len(selection.grid(["pixel", "ssim", "latent"]))
     config = AnomalyDetectionPipeline.from_pretrained(tmp_path / "p").scorer.config
     assert config.num_inference_steps == 1 and config.calibration == "global"
     assert config.deviation == record["chosen"]["deviation"]

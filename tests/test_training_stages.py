@@ -120,9 +120,14 @@ def test_diffad_fit_runs_both_stages_then_refuses_or_resumes(data, tmp_path, cap
 
     out = tmp_path / "fit"
     argv = ["fit", "--data", data, "--output_dir", out, "--preset", "tiny", "--resolution", 16,
-            "--vae_steps", 2, "--unet_steps", 2, "--validation_steps", 0, "--num_inference_steps", 2]  # fmt: skip
+            "--vae_steps", 2, "--unet_steps", 2, "--validation_steps", 0, "--num_inference_steps", 2, "--feature_head_steps", 5]  # fmt: skip
     argv = [str(a) for a in argv]
-    for bad in (["--num_inference_steps", "0"], ["--feature_dim", "-1"], ["--select_images", "-2"]):
+    for bad in (
+        ["--num_inference_steps", "0"],
+        ["--feature_dim", "-1"],
+        ["--select_images", "-2"],
+        ["--feature_head_steps", "-1"],
+    ):
         assert main(argv + bad) == 2 and bad[0] in capsys.readouterr().err
     assert not out.exists()  # refused before anything was written
     assert main(argv) == 0
@@ -133,6 +138,8 @@ def test_diffad_fit_runs_both_stages_then_refuses_or_resumes(data, tmp_path, cap
     scorer = json.loads((out / "scorer" / "config.json").read_text())
     assert scorer["calibration"] == "global" and scorer["resolution"] == 16
     assert scorer["num_inference_steps"] == 2
+    if scorer["feature_gaussian_channels"]:  # features installed: the head was trained with them
+        assert scorer["feature_head_channels"] == scorer["feature_gaussian_channels"]
     if (out / "selection.json").is_file():  # enough good images were left to choose on
         chosen = json.loads((out / "selection.json").read_text())["chosen"]
         assert all(scorer[f"{k}_weight"] == v for k, v in chosen["weights"].items())

@@ -14,11 +14,14 @@ from diffusers import ModelMixin
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 
 from diffad.errors import ConfigError
+from diffad.scoring.feature_head import make_head
 from diffad.scoring.residuals import PIXEL_NORMS
 from diffad.scoring.smoothing import average_pool, gaussian_blur
 
 # The order of the rows of the calibration buffers.
 RESIDUALS = ("pixel", "ssim", "latent", "feature")
+# Maps of the input's own features, fitted at calibration; each has a calibration buffer of its own.
+FITTED_MAPS = {"feature_gaussian": "gaussian_calibration", "feature_head": "head_calibration"}
 SAMPLERS = ("ddim", "ddpm")
 NOISE_KINDS = ("simplex", "gaussian")
 CALIBRATIONS = ("none", "global", "per_pixel")
@@ -76,6 +79,12 @@ class AnomalyScorer(ModelMixin, ConfigMixin):
             inputs find the defects far better than those of the 128 px working images.
         feature_gaussian_channels, feature_gaussian_grid: the fitted Gaussians' feature channels and
             (h, w) grid, written by `calibrate` (they size the buffers when a folder is loaded).
+        feature_head_weight: weight of the feature head's map (`diffad.scoring.feature_head`): a defect
+            probability per position from a small network on the same features, trained on synthetic
+            defects by `calibrate`. Used only with a feature extractor and once trained; 0 leaves it out.
+        feature_head_hidden: channels of the head's first layer.
+        feature_head_channels, feature_head_grid: the trained head's input channels and (h, w) grid,
+            written by `calibrate`.
     """
 
     @register_to_config
@@ -106,6 +115,10 @@ class AnomalyScorer(ModelMixin, ConfigMixin):
         feature_gaussian_resolution: int = 0,
         feature_gaussian_channels: int = 0,
         feature_gaussian_grid: list[int] | None = None,
+        feature_head_weight: float = 0.0,
+        feature_head_hidden: int = 128,
+        feature_head_channels: int = 0,
+        feature_head_grid: list[int] | None = None,
     ):
         super().__init__()
         check_strengths(strength)
@@ -120,8 +133,10 @@ class AnomalyScorer(ModelMixin, ConfigMixin):
                 f"{resolution}, {num_inference_steps}, {num_ensemble}, {score_pooling}"
             )
         weights = (pixel_weight, ssim_weight, latent_weight, feature_weight, feature_gaussian_weight)
-        if min(weights) < 0 or smoothing_sigma < 0:
+        if min(*weights, feature_head_weight) < 0 or smoothing_sigma < 0:
             raise ConfigError("residual weights and smoothing_sigma must be >= 0")
+        if feature_head_hidden < 2:
+            raise ConfigError(f"feature_head_hidden must be at least 2, got {feature_head_hidden}")
         # Mean 0 and std 1 leave a residual unchanged: the statistics of an uncalibrated scorer.
         shape = (len(RESIDUALS), resolution, resolution)
         self.register_buffer("calibration_mean", torch.zeros(shape))
@@ -136,6 +151,15 @@ class AnomalyScorer(ModelMixin, ConfigMixin):
         self.register_buffer("gaussian_projection", torch.zeros(channels, k), persistent=channels > 0)
         self.register_buffer("gaussian_mean", torch.zeros(positions, k), persistent=channels > 0)
         self.register_buffer("gaussian_precision", torch.zeros(positions, k, k), persistent=channels > 0)
+        # The feature head likewise: weights and buffers exist once trained.
+        head_channels = int(feature_head_channels)
+        head_grid = tuple(feature_head_grid or (0, 0))
+        self.register_buffer("head_calibration", neutral.clone(), persistent=head_channels > 0)
+        self.register_buffer(
+            "head_mean", torch.zeros(head_channels, *head_grid), persistent=head_channels > 0
+        )
+        self.register_buffer("head_std", torch.ones(head_channels, *head_grid), persistent=head_channels > 0)
+        self.feature_head = make_head(head_channels, int(feature_head_hidden)) if head_channels else None
 
     @property
     def strengths(self) -> list[float]:
@@ -153,6 +177,11 @@ class AnomalyScorer(ModelMixin, ConfigMixin):
         """Whether `calibrate` has fitted the feature Gaussians."""
         return int(self.config.feature_gaussian_channels) > 0
 
+    @property
+    def has_feature_head(self) -> bool:
+        """Whether `calibrate` has trained the feature head."""
+        return int(self.config.feature_head_channels) > 0
+
     @staticmethod
     def available_residuals(*, latent: bool, feature: bool) -> list[str]:
         """The reconstruction residuals a pipeline can compute: latent needs a vae, feature an extractor."""
@@ -164,6 +193,8 @@ class AnomalyScorer(ModelMixin, ConfigMixin):
         names = [n for n in self.available_residuals(latent=latent, feature=feature) if self.weight(n) > 0]
         if feature and self.has_feature_gaussian and self.weight("feature_gaussian") > 0:
             names.append("feature_gaussian")
+        if feature and self.has_feature_head and self.weight("feature_head") > 0:
+            names.append("feature_head")
         if not names:
             raise ConfigError(
                 "every usable residual has weight 0: set pixel_weight, ssim_weight, latent_weight "
@@ -185,14 +216,26 @@ class AnomalyScorer(ModelMixin, ConfigMixin):
             feature_gaussian_channels=int(projection.shape[0]), feature_gaussian_grid=list(grid)
         )
 
+    def set_feature_head(self, head: torch.nn.Module, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Store a trained feature head (see `diffad.scoring.feature_head`) with its per-position input
+        statistics, and record its sizes in the config so that a saved folder rebuilds it before loading."""
+        device = self.calibration_mean.device
+        self.feature_head = head.to(device)
+        self.register_buffer("head_mean", mean.float().contiguous().to(device))
+        self.register_buffer("head_std", std.float().contiguous().to(device))
+        self.register_buffer("head_calibration", self.head_calibration)  # saved from now on
+        self.register_to_config(
+            feature_head_channels=int(mean.shape[0]), feature_head_grid=list(mean.shape[1:])
+        )
+
     def smooth(self, residual: torch.Tensor) -> torch.Tensor:
         return gaussian_blur(residual, float(self.config.smoothing_sigma))
 
     def standardise(self, name: str, residual: torch.Tensor) -> torch.Tensor:
         if self.config.calibration == "none":
             return residual
-        if name == "feature_gaussian":
-            mean, std = self.gaussian_calibration.to(residual)
+        if name in FITTED_MAPS:
+            mean, std = getattr(self, FITTED_MAPS[name]).to(residual)
         else:
             row = RESIDUALS.index(name)
             mean = self.calibration_mean[row].to(residual)
@@ -209,12 +252,15 @@ class AnomalyScorer(ModelMixin, ConfigMixin):
         `deviation` replace the config's for this call (settings being compared)."""
         total = None
         deviation = check_choice("deviation", deviation or self.config.deviation, DEVIATIONS)
+        missing = [k for k, w in (weights or {}).items() if w > 0 and k not in residuals]
+        if missing:
+            raise ConfigError(f"weights given for residuals that were not computed: {', '.join(missing)}")
         for name, residual in residuals.items():
             weight = self.weight(name) if weights is None else float(weights.get(name, 0.0))
             if weight == 0:
                 continue
             z = self.standardise(name, residual)
-            if name != "feature_gaussian":
+            if name not in FITTED_MAPS:
                 z = -z if deviation == "lower" else z.abs() if deviation == "both" else z
             term = weight * z
             total = term if total is None else total + term
@@ -232,14 +278,15 @@ class AnomalyScorer(ModelMixin, ConfigMixin):
         Residuals missing from `moments` keep mean 0 and std 1.
         """
         check_choice("calibration mode", mode, CALIBRATIONS)
-        # One row per residual, and a last one for feature_gaussian (kept in a buffer of its own).
-        rows = len(RESIDUALS) + 1
+        # One row per residual, then one per fitted map (each kept in a buffer of its own).
+        order = [*RESIDUALS, *FITTED_MAPS]
+        rows = len(order)
         mean = torch.zeros(rows, *self.calibration_mean.shape[1:])
         std = torch.ones(rows, *self.calibration_std.shape[1:])
         for name, (count, total, total_sq) in moments.items():
             if count < 1:
                 raise ConfigError("calibration needs at least one good image")
-            row = RESIDUALS.index(name) if name != "feature_gaussian" else len(RESIDUALS)
+            row = order.index(name)
             total, total_sq = total.double(), total_sq.double()
             pixel_mean = total / count
             pixel_var = (total_sq / count - pixel_mean**2).clamp_min(0)
@@ -253,7 +300,8 @@ class AnomalyScorer(ModelMixin, ConfigMixin):
             elif mode == "global":
                 mean[row] = global_mean.float()
                 std[row] = global_std.float()
-        self.calibration_mean.copy_(mean[:-1])
-        self.calibration_std.copy_(std[:-1])
-        self.gaussian_calibration.copy_(torch.stack([mean[-1], std[-1]]))
+        self.calibration_mean.copy_(mean[: len(RESIDUALS)])
+        self.calibration_std.copy_(std[: len(RESIDUALS)])
+        for row, buffer in enumerate(FITTED_MAPS.values(), start=len(RESIDUALS)):
+            getattr(self, buffer).copy_(torch.stack([mean[row], std[row]]))
         self.register_to_config(calibration=mode)

@@ -6,8 +6,9 @@ subset of the good training images (the pipeline's `calibrate`), then rewrites t
 
 With `features="lite0"` it first attaches ImageNet EfficientNet-Lite0 features (stride 8 and 16) as the
 pipeline's feature extractor and sets `FEATURE_SETTINGS`: the calibration then also fits the per-position
-feature Gaussians ("feature_gaussian", PaDiM inside the pipeline), on the good training images that the
-residual statistics do not use, so that those statistics are those of unseen good images.
+feature Gaussians ("feature_gaussian", PaDiM inside the pipeline), and, when asked (feature_head_weight
+above 0), trains the feature head on synthetic defects ("feature_head"), on the good training images that
+the residual statistics do not use, so that those statistics are those of unseen good images.
 """
 
 from __future__ import annotations
@@ -61,13 +62,15 @@ def calibrate_pipeline(
     features: str = "none",
     settings: dict | None = None,
     select_images: int = 0,
+    feature_head_steps: int = 300,
 ) -> dict:
     """Calibrate the pipeline saved in `folder` on up to `num_images` good training images.
 
     `features`: "none", or an EfficientNet-Lite variant to attach first (see `attach_features`).
     `settings`: scorer settings to set first (e.g. num_inference_steps; calibration depends on them).
     `select_images`: held-out good training images on which synthetic defects choose the residual
-    weights and deviation (`diffad.training.selection`; 0 keeps the scorer's). Writes what was chosen,
+    weights and deviation (`diffad.training.selection`; 0 keeps the scorer's). `feature_head_steps`:
+    training steps of the feature head (with features and a feature_head_weight above 0). Writes what was chosen,
     and why, to `folder/selection.json`. Returns a summary (images used, the choice)."""
     from diffad import AnomalyDetectionPipeline
     from diffad.training import selection
@@ -102,6 +105,7 @@ def calibrate_pipeline(
         mode=mode,
         batch_size=batch_size,
         gaussian_images=gaussian_images,
+        feature_head_steps=feature_head_steps,
     )
     record = None
     if len(held) >= MIN_SELECT_IMAGES:

