@@ -284,9 +284,9 @@ class AnomalyDetectionPipeline(DiffusionPipeline):
         return tqdm(iterable, total=total, **{"desc": desc, **getattr(self, "_progress_bar_config", {})})
 
     @torch.no_grad()
-    def _embeddings(self, images: list[torch.Tensor], batch_size: int, desc: str) -> torch.Tensor:
+    def _embeddings(self, images: list[torch.Tensor], batch_size: int) -> torch.Tensor:
         parts = []
-        for _, batch in self._progress(list(self._batches(images, batch_size)), desc=desc):
+        for _, batch in self._batches(images, batch_size):  # its bar counts the batches
             x = self._working_size(batch, self.scorer.feature_gaussian_resolution)
             parts.append(self._embedding(x).float().cpu())
         return torch.cat(parts)
@@ -310,7 +310,7 @@ class AnomalyDetectionPipeline(DiffusionPipeline):
         if defects_per_image < 1 or steps < 1 or train_batch_size < 1:
             raise ConfigError("defects_per_image, steps and train_batch_size must be at least 1")
         images = to_tensor_list(good_images, self.image_channels)
-        good = self._embeddings(images, batch_size, "feature head: good images")
+        good = self._embeddings(images, batch_size)
         mean, std = fh.position_statistics(good)
         defects, masks = [], []
         for k in self._progress(
@@ -320,7 +320,7 @@ class AnomalyDetectionPipeline(DiffusionPipeline):
             defect = synthesize(images[k % len(images)], fh.SYNTHESIS_METHOD, generator)
             defects.append(defect.image)
             masks.append(defect.mask.reshape(defect.image.shape[-2:]))
-        defective = self._embeddings(defects, batch_size, "feature head: defect features")
+        defective = self._embeddings(defects, batch_size)
         grid = tuple(good.shape[-2:])
         # float16 halves the memory of a few thousand embeddings; standardised values need no more.
         inputs = ((torch.cat([good, defective]) - mean) / std).half()

@@ -74,7 +74,7 @@ def test_calibrate_trains_the_head_records_its_statistics_and_round_trips(tmp_pa
     scorer = pipe.scorer
     assert scorer.has_feature_head and scorer.config.feature_head_grid == [8, 8]
     # Trained on the 6 other good images: their per-position statistics are the head's.
-    embedding = pipe._embeddings(list(train[4:]), 8, "")
+    embedding = pipe._embeddings(list(train[4:]), 8)
     assert torch.allclose(scorer.head_mean, embedding.mean(0), atol=1e-5)
     mean, std = scorer.head_calibration
     assert torch.allclose(mean, mean[0, 0]) and 0 < mean[0, 0] < 1 and std[0, 0] != 1
