@@ -119,7 +119,7 @@ def diffusion_rows(name, model: Path, test, masks, labels, args) -> list[dict]:
     record = json.loads((model / SELECTION_FILE).read_text())
     pipe = AnomalyDetectionPipeline.from_pretrained(str(model))
     pipe.set_progress_bar_config(disable=True)
-    names = selection.candidates(pipe) + selection.fitted_maps(pipe.scorer, in_use=False)
+    names = selection.candidates(pipe) + pipe.scorer.fitted_maps(in_use=False)
     chosen = {k: float(pipe.scorer.config[f"{k}_weight"]) for k in names}, pipe.scorer.config.deviation
     pipe.scorer.register_to_config(**{f"{k}_weight": 1.0 for k in names})
     start = time.perf_counter()

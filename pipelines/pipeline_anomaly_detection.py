@@ -216,11 +216,19 @@ class AnomalyDetectionPipeline(DiffusionPipeline):
         synthetic defects made on them, for `feature_head_steps` (seeded by `generator`'s initial seed)."""
         check_choice("calibration mode", mode, CALIBRATIONS)
         fit_images = good_images if gaussian_images is None else gaussian_images
-        if self.feature_extractor is not None and self.scorer.weight("feature_gaussian") > 0:
-            self.fit_feature_gaussian(fit_images, batch_size)
-        if self.feature_extractor is not None and self.scorer.weight("feature_head") > 0:
+        features = self.feature_extractor is not None
+        gaussians = features and self.scorer.weight("feature_gaussian") > 0
+        head = features and self.scorer.weight("feature_head") > 0
+        embeddings = None
+        if gaussians and head:  # both fit on the same images: extract their features once
+            embeddings = self._embeddings(to_tensor_list(fit_images, self.image_channels), batch_size)
+        if gaussians:
+            self.fit_feature_gaussian(fit_images, batch_size, embeddings=embeddings)
+        if head:
             seed = generator.initial_seed() % 2**31 if isinstance(generator, torch.Generator) else 0
-            self.fit_feature_head(fit_images, seed=seed, steps=feature_head_steps, batch_size=batch_size)
+            self.fit_feature_head(
+                fit_images, seed=seed, steps=feature_head_steps, batch_size=batch_size, embeddings=embeddings
+            )
         if mode == "none":
             self.scorer.set_calibration("none", {})
             return self
@@ -259,15 +267,20 @@ class AnomalyDetectionPipeline(DiffusionPipeline):
         return {name: torch.cat(maps) for name, maps in parts.items()}
 
     @torch.no_grad()
-    def fit_feature_gaussian(self, good_images, batch_size: int = 8) -> AnomalyDetectionPipeline:
-        """Fit the scorer's per-position feature Gaussians (the "feature_gaussian" residual) on good images."""
+    def fit_feature_gaussian(
+        self, good_images, batch_size: int = 8, embeddings: torch.Tensor | None = None
+    ) -> AnomalyDetectionPipeline:
+        """Fit the scorer's per-position feature Gaussians (the "feature_gaussian" residual) on good images
+        (or on their `embeddings`, (N, D, h, w) from `_embeddings`, when already computed)."""
         if self.feature_extractor is None:
             raise ConfigError("the feature_gaussian residual needs a feature_extractor in the pipeline")
         config = self.scorer.config
-        images = to_tensor_list(good_images, self.image_channels)
         moments, projection = fg.GaussianMoments(), None
-        for _, batch in self._batches(images, batch_size):
-            embedding = self._embedding(self._working_size(batch, self.scorer.feature_gaussian_resolution))
+        if embeddings is None:
+            batches = self._embedding_batches(to_tensor_list(good_images, self.image_channels), batch_size)
+        else:
+            batches = embeddings.split(batch_size)
+        for embedding in batches:
             if projection is None:
                 projection = fg.projection_matrix(
                     embedding.shape[1], int(config.feature_gaussian_dim), int(config.feature_gaussian_seed)
@@ -283,13 +296,14 @@ class AnomalyDetectionPipeline(DiffusionPipeline):
 
         return tqdm(iterable, total=total, **{"desc": desc, **getattr(self, "_progress_bar_config", {})})
 
+    def _embedding_batches(self, images: list[torch.Tensor], batch_size: int):
+        """The fitted maps' embedding of each batch of `images`, (n, D, h, w)."""
+        for _, batch in self._batches(images, batch_size):  # its bar counts the batches
+            yield self._embedding(self._working_size(batch, self.scorer.feature_gaussian_resolution))
+
     @torch.no_grad()
     def _embeddings(self, images: list[torch.Tensor], batch_size: int) -> torch.Tensor:
-        parts = []
-        for _, batch in self._batches(images, batch_size):  # its bar counts the batches
-            x = self._working_size(batch, self.scorer.feature_gaussian_resolution)
-            parts.append(self._embedding(x).float().cpu())
-        return torch.cat(parts)
+        return torch.cat([e.float().cpu() for e in self._embedding_batches(images, batch_size)])
 
     def fit_feature_head(
         self,
@@ -299,10 +313,12 @@ class AnomalyDetectionPipeline(DiffusionPipeline):
         steps: int = 300,
         batch_size: int = 8,
         train_batch_size: int = 32,
+        embeddings: torch.Tensor | None = None,
     ) -> AnomalyDetectionPipeline:
         """Train the scorer's feature head (the "feature_head" residual) on good images and
         `defects_per_image` synthetic defects made on each (a fresh one each time), for `steps` batches
-        of `train_batch_size`. The same seed gives the same head."""
+        of `train_batch_size`. `embeddings`: the good images' (from `_embeddings`), when already
+        computed. The same seed gives the same head."""
         from diffad.synthesis.methods import synthesize
 
         if self.feature_extractor is None:
@@ -310,7 +326,7 @@ class AnomalyDetectionPipeline(DiffusionPipeline):
         if defects_per_image < 1 or steps < 1 or train_batch_size < 1:
             raise ConfigError("defects_per_image, steps and train_batch_size must be at least 1")
         images = to_tensor_list(good_images, self.image_channels)
-        good = self._embeddings(images, batch_size)
+        good = self._embeddings(images, batch_size) if embeddings is None else embeddings
         mean, std = fh.position_statistics(good)
         defects, masks = [], []
         for k in self._progress(

@@ -97,3 +97,15 @@ def test_without_weight_no_head_is_trained_and_a_wrong_grid_is_named():
     trained.scorer.register_to_config(feature_gaussian_resolution=2 * RES)  # features on a finer grid
     with pytest.raises(ConfigError, match="calibrate the pipeline again"):
         trained(textures(1, seed=2, size=2 * RES))
+
+
+def test_gaussians_and_head_fitted_together_equal_each_fitted_alone():
+    train = textures(6, seed=1)
+    both = head_pipeline(feature_gaussian_weight=1.0)
+    both.calibrate(train, mode="none", feature_head_steps=20)  # one feature pass serves both
+    alone = head_pipeline(feature_gaussian_weight=1.0)
+    alone.fit_feature_gaussian(train).fit_feature_head(train, seed=0, steps=20)
+    for name in ("gaussian_mean", "gaussian_precision", "head_mean", "head_std"):
+        assert torch.equal(getattr(both.scorer, name), getattr(alone.scorer, name)), name
+    for a, b in zip(both.scorer.feature_head.parameters(), alone.scorer.feature_head.parameters()):
+        assert torch.equal(a, b)

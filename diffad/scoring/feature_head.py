@@ -62,12 +62,10 @@ def train_head(
 
     Batches are drawn with `generator` and the weights start from it, so a seed gives the same head."""
     for p in head.parameters():  # seeded initialisation, independent of the global RNG
-        with torch.no_grad():
-            if p.dim() > 1:
-                fan_in = p[0].numel()
-                p.copy_(torch.randn(p.shape, generator=generator) * (2.0 / fan_in) ** 0.5)
-            else:
-                p.zero_()
+        if p.dim() > 1:
+            nn.init.kaiming_normal_(p, nonlinearity="relu", generator=generator)
+        else:
+            nn.init.zeros_(p)
     optimizer = torch.optim.Adam(head.parameters(), lr=learning_rate, weight_decay=1e-5)
     head.train()
     loss = torch.zeros(())

@@ -182,6 +182,12 @@ class AnomalyScorer(ModelMixin, ConfigMixin):
         """Whether `calibrate` has trained the feature head."""
         return int(self.config.feature_head_channels) > 0
 
+    def fitted_maps(self, in_use: bool = True) -> list[str]:
+        """The maps of the input's own features that `calibrate` has fitted (Gaussians, head); with
+        `in_use`, only those with a weight above 0."""
+        fitted = {"feature_gaussian": self.has_feature_gaussian, "feature_head": self.has_feature_head}
+        return [n for n in FITTED_MAPS if fitted[n] and (not in_use or self.weight(n) > 0)]
+
     @staticmethod
     def available_residuals(*, latent: bool, feature: bool) -> list[str]:
         """The reconstruction residuals a pipeline can compute: latent needs a vae, feature an extractor."""
@@ -189,12 +195,10 @@ class AnomalyScorer(ModelMixin, ConfigMixin):
         return [n for n in RESIDUALS if available[n]]
 
     def active_residuals(self, *, latent: bool, feature: bool) -> list[str]:
-        """The residuals with a non-zero weight that the pipeline can compute (feature_gaussian once fitted)."""
+        """The residuals with a non-zero weight that the pipeline can compute (the fitted maps once fitted)."""
         names = [n for n in self.available_residuals(latent=latent, feature=feature) if self.weight(n) > 0]
-        if feature and self.has_feature_gaussian and self.weight("feature_gaussian") > 0:
-            names.append("feature_gaussian")
-        if feature and self.has_feature_head and self.weight("feature_head") > 0:
-            names.append("feature_head")
+        if feature:
+            names += self.fitted_maps()
         if not names:
             raise ConfigError(
                 "every usable residual has weight 0: set pixel_weight, ssim_weight, latent_weight "

@@ -39,13 +39,6 @@ def candidates(pipe) -> list[str]:
     )
 
 
-def fitted_maps(scorer, in_use: bool = True) -> list[str]:
-    """The maps of the input's own features the scorer has fitted (Gaussians, head); with `in_use`,
-    only those its weights let it use."""
-    fitted = {"feature_gaussian": scorer.has_feature_gaussian, "feature_head": scorer.has_feature_head}
-    return [name for name, done in fitted.items() if done and (not in_use or scorer.weight(name) > 0)]
-
-
 def grid(names: list[str], fitted: list[str] = ()) -> list[dict]:
     """Every setting to try: a weight per reconstruction residual, a deviation (once some such weight is
     above 0), and each fitted map's weight (`fitted`: feature Gaussians, feature head), 0 or 1 (1 fixes
@@ -115,7 +108,7 @@ def select_settings(pipe, good_images: torch.Tensor, seed: int, batch_size: int 
     small_masks = F.adaptive_max_pool2d(torch.cat([torch.zeros_like(masks), masks])[:, None], side)
     small_masks = small_masks[:, 0].numpy()
     trials = []
-    for setting in grid(candidates(pipe), fitted_maps(scorer)):
+    for setting in grid(candidates(pipe), scorer.fitted_maps()):
         maps = scorer.combine(residuals, weights=setting["weights"], deviation=setting["deviation"])
         scores = scorer.score(maps).numpy()
         small = F.adaptive_avg_pool2d(maps[:, None], side)[:, 0].numpy()
