@@ -140,6 +140,7 @@ def test_diffad_fit_runs_both_stages_then_refuses_or_resumes(data, tmp_path, cap
     assert scorer["num_inference_steps"] == 2
     if scorer["feature_gaussian_channels"]:  # features installed: the head was trained with them
         assert scorer["feature_head_channels"] == scorer["feature_gaussian_channels"]
+        assert "feature head: training" in capsys.readouterr().err  # the calibration shows its bars
     if (out / "selection.json").is_file():  # enough good images were left to choose on
         chosen = json.loads((out / "selection.json").read_text())["chosen"]
         assert all(scorer[f"{k}_weight"] == v for k, v in chosen["weights"].items())

@@ -63,6 +63,7 @@ def calibrate_pipeline(
     settings: dict | None = None,
     select_images: int = 0,
     feature_head_steps: int = 300,
+    show_progress: bool = False,
 ) -> dict:
     """Calibrate the pipeline saved in `folder` on up to `num_images` good training images.
 
@@ -70,13 +71,14 @@ def calibrate_pipeline(
     `settings`: scorer settings to set first (e.g. num_inference_steps; calibration depends on them).
     `select_images`: held-out good training images on which synthetic defects choose the residual
     weights and deviation (`diffad.training.selection`; 0 keeps the scorer's). `feature_head_steps`:
-    training steps of the feature head (with features and a feature_head_weight above 0). Writes what was chosen,
+    training steps of the feature head (with features and a feature_head_weight above 0). `show_progress`:
+    progress bars for each pass (a fit's calibration can take minutes). Writes what was chosen,
     and why, to `folder/selection.json`. Returns a summary (images used, the choice)."""
     from diffad import AnomalyDetectionPipeline
     from diffad.training import selection
 
     pipe = AnomalyDetectionPipeline.from_pretrained(str(folder))
-    pipe.set_progress_bar_config(disable=True)
+    pipe.set_progress_bar_config(**({"leave": False} if show_progress else {"disable": True}))
     if features != "none":
         attach_features(pipe, features)
     if settings:

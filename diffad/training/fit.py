@@ -301,6 +301,7 @@ def calibrate_fit(args: argparse.Namespace, out: Path, features: str) -> dict:
         settings=settings,
         select_images=args.select_images,
         feature_head_steps=args.feature_head_steps,
+        show_progress=True,
     )
     seconds = round(time.monotonic() - t0, 1)
     return {
