@@ -107,6 +107,32 @@ def test_accumulation_steps_both_optimizers_once_per_step(data, tmp_path):
     assert adam_steps == [3, 2]  # the discriminator from step 1 on
 
 
+def test_cropped_autoencoder_training_sees_whole_images_every_nth_batch(data, tmp_path, monkeypatch):
+    import diffad.training.vae_stage as vae_stage
+
+    sizes = []
+    real_step = vae_stage.Autoencoding.forward
+    monkeypatch.setattr(
+        vae_stage.Autoencoding,
+        "forward",
+        lambda self, x, eps=None: sizes.append(x.shape[-1]) or real_step(self, x, eps),
+    )
+    run(
+        "vae_stage",
+        tiny(data, tmp_path / "a", "--crop_size", 8, "--full_image_every", 3, "--max_train_steps", 6),
+    )
+    assert sizes == [8, 8, 16, 8, 8, 16]
+    sizes.clear()
+    run(
+        "vae_stage",
+        tiny(data, tmp_path / "b", "--crop_size", 8, "--full_image_every", 0, "--max_train_steps", 3),
+    )
+    assert sizes == [8, 8, 8]
+    with pytest.raises(ConfigError, match="--full_image_every"):
+        run("vae_stage", tiny(data, tmp_path / "c", "--crop_size", 8, "--full_image_every", -1))
+    assert not (tmp_path / "c").exists()
+
+
 def test_vq_autoencoder_trains_and_saves(data, tmp_path):
     from diffusers import VQModel
 

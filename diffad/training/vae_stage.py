@@ -52,6 +52,13 @@ def add_vae_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         default=None,
         help="train on random crops of this size (a fraction of the cost per image); panels use whole images",
     )
+    g.add_argument(
+        "--full_image_every",
+        type=int,
+        default=4,
+        help="with --crop_size, every Nth batch is of whole images (0: never): an autoencoder trained on "
+        "crops alone reconstructs whole images with a dark band at the bottom edge",
+    )
     g.add_argument("--ssim_weight", type=float, default=1.0, help="weight of 1 - SSIM beside L1")
     g.add_argument(
         "--disc_start", type=int, default=None, help="step the discriminator starts at (default: none)"
@@ -117,6 +124,8 @@ def main(args: argparse.Namespace) -> dict:
                 f"--crop_size {args.crop_size} must be at most --resolution {args.resolution} and a "
                 f"multiple of {downsample_factor(vae)}, the autoencoder's downsampling factor"
             )
+    if args.full_image_every < 0:
+        raise ConfigError(f"--full_image_every must be 0 (never) or more, not {args.full_image_every}")
     samples = good_training_samples(args.data, args.category)
     accelerator = start_stage(args, name="train_vae", model_entries=VAE_ENTRIES)
     device, main_process = accelerator.device, accelerator.is_main_process
@@ -166,6 +175,10 @@ def main(args: argparse.Namespace) -> dict:
         shape = (x.shape[0], raw_vae.config.latent_channels, x.shape[-2] // f, x.shape[-1] // f)
         return global_randn(shape, generator_for(args.seed, "posterior", m), rank=rank, world_size=world)
 
+    def whole_images(m: int) -> bool:
+        every = args.full_image_every
+        return every > 0 and m % every == every - 1
+
     def train_step(step: int) -> dict[str, float]:
         sums: dict[str, float] = {}
         disc_on = use_disc and step >= args.disc_start
@@ -174,7 +187,7 @@ def main(args: argparse.Namespace) -> dict:
             x = next(batches)["image"].to(device)
             if args.random_flip:
                 x = random_hflip(x, generator_for(args.seed, "flip", m), rank=rank, world_size=world)
-            if args.crop_size:
+            if args.crop_size and not whole_images(m):
                 corner = generator_for(args.seed, "crop", m)
                 x = random_crops(x, args.crop_size, corner, rank=rank, world_size=world)
             # One accumulate() per micro-batch for both networks: accelerate counts its calls.
