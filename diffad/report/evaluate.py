@@ -92,9 +92,7 @@ def detector_resolution(detector) -> int:
     if resolution is None:
         resolution = dict(getattr(detector, "config", {}) or {}).get("resolution", DEFAULT_RESOLUTION)
     scorer = getattr(detector, "scorer", None)
-    if scorer is not None and (
-        getattr(scorer, "has_feature_gaussian", False) or getattr(scorer, "has_feature_head", False)
-    ):
+    if scorer is not None and scorer.fitted_maps(in_use=False):
         # The feature maps see inputs at their own (larger) size; the pipeline resizes the rest.
         resolution = max(int(resolution), scorer.feature_gaussian_resolution)
     return int(resolution)

@@ -132,8 +132,10 @@ class AnomalyScorer(ModelMixin, ConfigMixin):
                 "resolution must be >= 8 and num_inference_steps, num_ensemble, score_pooling >= 1; got "
                 f"{resolution}, {num_inference_steps}, {num_ensemble}, {score_pooling}"
             )
-        weights = (pixel_weight, ssim_weight, latent_weight, feature_weight, feature_gaussian_weight)
-        if min(*weights, feature_head_weight) < 0 or smoothing_sigma < 0:
+        weights = (
+            pixel_weight, ssim_weight, latent_weight, feature_weight, feature_gaussian_weight, feature_head_weight
+        )  # fmt: skip
+        if min(weights) < 0 or smoothing_sigma < 0:
             raise ConfigError("residual weights and smoothing_sigma must be >= 0")
         if feature_head_hidden < 2:
             raise ConfigError(f"feature_head_hidden must be at least 2, got {feature_head_hidden}")
