@@ -29,7 +29,7 @@ DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "checkpoints" / "elpv-mono
 # on the mono cells at 128 px in one channel (the cells are grey), the small preset, Lite0 features
 # projected to 64 dimensions (the folder stays under 40 MB), and 3 denoising steps at detection.
 FIT_ARGS = (
-    "--data", "elpv", "--category", CATEGORY, "--resolution", "128", "--channels", "1",
+    "--data", "elpv", "--category", CATEGORY, "--first_stage", "kl", "--resolution", "128", "--channels", "1",
     "--preset", "small", "--features", "lite0", "--feature_dim", "64", "--num_inference_steps", "3",
 )  # fmt: skip
 TRAIN_MINUTES = 22.0  # training budget of `--train`: with detection and the report, under 30 minutes

@@ -23,25 +23,28 @@ from torch import nn
 
 from diffad.errors import ConfigError
 from diffad.models import downsample_factor
+from diffad.models.denoiser import noise_prior, predict_noise
+from diffad.models.feature_encoder import FeatureEncoder
 from diffad.noise import sample_noise
 from diffad.schedulers import NoiseDDIMScheduler, NoiseDDPMScheduler, partial_timesteps
 from diffad.scoring import feature_gaussian as fg
 from diffad.scoring import feature_head as fh
+from diffad.scoring import fitting
 from diffad.scoring.features import extract_features
-from diffad.scoring.images import format_outputs, resize, to_tensor_list
-from diffad.scoring.residuals import feature_residual, latent_residual, pixel_residual, ssim_residual
-from diffad.scoring.scorer import (
-    CALIBRATIONS,
-    FITTED_MAPS,
-    NOISE_KINDS,
-    SAMPLERS,
-    AnomalyScorer,
-    check_choice,
-    check_strengths,
+from diffad.scoring.images import format_outputs, image_seeds, resize, to_tensor_list
+from diffad.scoring.latent_scores import direct_residual
+from diffad.scoring.residuals import (
+    feature_residual,
+    latent_cosine_residual,
+    latent_residual,
+    pixel_residual,
+    ssim_residual,
 )
+from diffad.scoring.scorer import FITTED_MAPS, AnomalyScorer, DetectionSettings, check_choice
 
 _SCHEDULERS = {"ddim": NoiseDDIMScheduler, "ddpm": NoiseDDPMScheduler}
 PIXEL_RESIDUALS = ("pixel", "ssim", "feature")  # compare decoded reconstructions with the input
+DIRECT = ("latent_norm", "denoise", "score")  # of the input latent alone: no denoising loop
 
 
 @dataclass
@@ -60,15 +63,6 @@ class AnomalyDetectionOutput(BaseOutput):
     anomaly_maps: np.ndarray | torch.Tensor | list
     anomaly_scores: np.ndarray | torch.Tensor
     reconstructions: np.ndarray | torch.Tensor | list[PIL.Image.Image] | None
-
-
-@dataclass
-class _Settings:
-    strengths: list[float]
-    num_inference_steps: int
-    noise: str
-    sampler: str
-    num_ensemble: int
 
 
 class AnomalyDetectionPipeline(DiffusionPipeline):
@@ -97,7 +91,7 @@ class AnomalyDetectionPipeline(DiffusionPipeline):
         unet: UNet2DModel,
         scheduler: DDIMScheduler | DDPMScheduler,
         scorer: AnomalyScorer,
-        vae: AutoencoderKL | VQModel | None = None,
+        vae: AutoencoderKL | VQModel | FeatureEncoder | None = None,
         feature_extractor: nn.Module | None = None,
         segmentation_head: nn.Module | None = None,
     ):
@@ -127,6 +121,11 @@ class AnomalyDetectionPipeline(DiffusionPipeline):
     @property
     def vae_scale_factor(self) -> int:
         return downsample_factor(self.vae) if self.vae is not None else 1
+
+    @property
+    def has_decoder(self) -> bool:
+        """False for a feature first stage: no reconstructions, only latent-space residuals."""
+        return self.vae is None or getattr(self.vae, "has_decoder", True)
 
     @property
     def resolution(self) -> int:
@@ -170,7 +169,7 @@ class AnomalyDetectionPipeline(DiffusionPipeline):
         settings = self._settings(strength, num_inference_steps, noise, num_ensemble)
         check_choice("output_type", output_type, ("np", "pt", "pil"))
         images = to_tensor_list(image, self.image_channels)
-        seeds = self._image_seeds(generator, len(images))
+        seeds = image_seeds(generator, len(images))
         maps, scores, reconstructions = [], [], []
         for start, batch in self._batches(images, batch_size):
             residuals, x_hat = self._residual_maps(
@@ -213,41 +212,11 @@ class AnomalyDetectionPipeline(DiffusionPipeline):
         first, on `gaussian_images` (default: `good_images`; better, other good images than those the
         statistics come from, since images a Gaussian was fitted on lie closer to it than unseen ones).
         With `feature_head_weight` > 0 the feature head is trained next, on the same images and
-        synthetic defects made on them, for `feature_head_steps` (seeded by `generator`'s initial seed)."""
-        check_choice("calibration mode", mode, CALIBRATIONS)
-        fit_images = good_images if gaussian_images is None else gaussian_images
-        features = self.feature_extractor is not None
-        gaussians = features and self.scorer.weight("feature_gaussian") > 0
-        head = features and self.scorer.weight("feature_head") > 0
-        embeddings = None
-        if gaussians and head:  # both fit on the same images: extract their features once
-            embeddings = self._embeddings(to_tensor_list(fit_images, self.image_channels), batch_size)
-        if gaussians:
-            self.fit_feature_gaussian(fit_images, batch_size, embeddings=embeddings)
-        if head:
-            seed = generator.initial_seed() % 2**31 if isinstance(generator, torch.Generator) else 0
-            self.fit_feature_head(
-                fit_images, seed=seed, steps=feature_head_steps, batch_size=batch_size, embeddings=embeddings
-            )
-        if mode == "none":
-            self.scorer.set_calibration("none", {})
-            return self
-        settings = self._settings(None, None, None, None)
-        images = to_tensor_list(good_images, self.image_channels)
-        seeds = self._image_seeds(generator, len(images))
-        moments: dict[str, tuple[int, torch.Tensor, torch.Tensor]] = {}
-        for start, batch in self._batches(images, batch_size):
-            residuals, _ = self._residual_maps(batch, settings, seeds[start : start + len(batch)])
-            for name, residual in residuals.items():
-                residual = residual.double().cpu()
-                count, total, total_sq = moments.get(name, (0, 0.0, 0.0))
-                moments[name] = (
-                    count + len(residual),
-                    total + residual.sum(0),
-                    total_sq + (residual**2).sum(0),
-                )
-        self.scorer.set_calibration(mode, moments)
-        return self
+        synthetic defects made on them, for `feature_head_steps` (seeded by `generator`'s initial seed).
+        The fitting itself lives in `diffad.scoring.fitting`."""
+        return fitting.calibrate(
+            self, good_images, generator, mode, batch_size, gaussian_images, feature_head_steps
+        )
 
     @torch.no_grad()
     def residual_maps(
@@ -256,104 +225,19 @@ class AnomalyDetectionPipeline(DiffusionPipeline):
         """Each residual with a weight above 0, smoothed but neither standardised nor weighted, at the
         working resolution: name -> (N, R, R). `scorer.combine` turns them into maps; comparing
         settings on them costs one detection pass, not one per setting."""
-        settings = self._settings(None, None, None, None)
-        images = to_tensor_list(image, self.image_channels)
-        seeds = self._image_seeds(generator, len(images))
         parts: dict[str, list[torch.Tensor]] = {}
-        for start, batch in self._batches(images, batch_size):
-            residuals, _ = self._residual_maps(batch, settings, seeds[start : start + len(batch)])
+        for residuals in self.residual_batches(image, generator, batch_size):
             for name, residual in residuals.items():
                 parts.setdefault(name, []).append(residual.float().cpu())
         return {name: torch.cat(maps) for name, maps in parts.items()}
 
-    @torch.no_grad()
-    def fit_feature_gaussian(
-        self, good_images, batch_size: int = 8, embeddings: torch.Tensor | None = None
-    ) -> AnomalyDetectionPipeline:
-        """Fit the scorer's per-position feature Gaussians (the "feature_gaussian" residual) on good images
-        (or on their `embeddings`, (N, D, h, w) from `_embeddings`, when already computed)."""
-        if self.feature_extractor is None:
-            raise ConfigError("the feature_gaussian residual needs a feature_extractor in the pipeline")
-        config = self.scorer.config
-        moments, projection = fg.GaussianMoments(), None
-        if embeddings is None:
-            batches = self._embedding_batches(to_tensor_list(good_images, self.image_channels), batch_size)
-        else:
-            batches = embeddings.split(batch_size)
-        for embedding in batches:
-            if projection is None:
-                projection = fg.projection_matrix(
-                    embedding.shape[1], int(config.feature_gaussian_dim), int(config.feature_gaussian_seed)
-                )
-            moments.add(fg.project(embedding, projection), embedding.shape[-2:])
-        mean, precision = moments.gaussians(float(config.feature_gaussian_epsilon))
-        self.scorer.set_feature_gaussian(projection, mean, precision, moments.grid)
-        return self
-
-    def _progress(self, iterable=None, total=None, desc=None):
-        """A tqdm bar with a description, honouring `set_progress_bar_config`."""
-        from tqdm.auto import tqdm
-
-        return tqdm(iterable, total=total, **{"desc": desc, **getattr(self, "_progress_bar_config", {})})
-
-    def _embedding_batches(self, images: list[torch.Tensor], batch_size: int):
-        """The fitted maps' embedding of each batch of `images`, (n, D, h, w)."""
-        for _, batch in self._batches(images, batch_size):  # its bar counts the batches
-            yield self._embedding(self._working_size(batch, self.scorer.feature_gaussian_resolution))
-
-    @torch.no_grad()
-    def _embeddings(self, images: list[torch.Tensor], batch_size: int) -> torch.Tensor:
-        return torch.cat([e.float().cpu() for e in self._embedding_batches(images, batch_size)])
-
-    def fit_feature_head(
-        self,
-        good_images,
-        seed: int = 0,
-        defects_per_image: int = 3,
-        steps: int = 300,
-        batch_size: int = 8,
-        train_batch_size: int = 32,
-        embeddings: torch.Tensor | None = None,
-    ) -> AnomalyDetectionPipeline:
-        """Train the scorer's feature head (the "feature_head" residual) on good images and
-        `defects_per_image` synthetic defects made on each (a fresh one each time), for `steps` batches
-        of `train_batch_size`. `embeddings`: the good images' (from `_embeddings`), when already
-        computed. The same seed gives the same head."""
-        from diffad.synthesis.methods import synthesize
-
-        if self.feature_extractor is None:
-            raise ConfigError("the feature_head residual needs a feature_extractor in the pipeline")
-        if defects_per_image < 1 or steps < 1 or train_batch_size < 1:
-            raise ConfigError("defects_per_image, steps and train_batch_size must be at least 1")
-        images = to_tensor_list(good_images, self.image_channels)
-        good = self._embeddings(images, batch_size) if embeddings is None else embeddings
-        mean, std = fh.position_statistics(good)
-        defects, masks = [], []
-        for k in self._progress(
-            range(defects_per_image * len(images)), desc="feature head: synthetic defects"
-        ):
-            generator = torch.Generator().manual_seed((seed * 1_000_003 + k) % 2**63)
-            defect = synthesize(images[k % len(images)], fh.SYNTHESIS_METHOD, generator)
-            defects.append(defect.image)
-            masks.append(defect.mask.reshape(defect.image.shape[-2:]))
-        defective = self._embeddings(defects, batch_size)
-        grid = tuple(good.shape[-2:])
-        # float16 halves the memory of a few thousand embeddings; standardised values need no more.
-        inputs = ((torch.cat([good, defective]) - mean) / std).half()
-        targets = torch.cat([torch.zeros(len(good), 1, *grid), fh.defect_targets(torch.stack(masks), grid)])
-        head = fh.make_head(int(mean.shape[0]), int(self.scorer.config.feature_head_hidden))
-        with torch.enable_grad(), self._progress(total=steps, desc="feature head: training") as bar:
-            fh.train_head(
-                head,
-                inputs,
-                targets,
-                steps=steps,
-                batch_size=train_batch_size,
-                generator=torch.Generator().manual_seed(seed),
-                progress=bar,
-            )
-        self.scorer.set_feature_head(head.to(self.unet.dtype), mean, std)
-        return self
+    def residual_batches(self, image, generator=None, batch_size: int = 8):
+        """`residual_maps` one batch at a time (name -> (n, R, R) per batch), with the scorer's settings."""
+        settings = self._settings(None, None, None, None)
+        images = to_tensor_list(image, self.image_channels)
+        seeds = image_seeds(generator, len(images))
+        for start, batch in self._batches(images, batch_size):
+            yield self._residual_maps(batch, settings, seeds[start : start + len(batch)])[0]
 
     def _embedding(self, x: torch.Tensor) -> torch.Tensor:
         return fg.pooled_embedding(self._features(x))
@@ -381,25 +265,13 @@ class AnomalyDetectionPipeline(DiffusionPipeline):
             device=self._execution_device, dtype=self.unet.dtype
         )
 
-    def _settings(self, strength, num_inference_steps, noise, num_ensemble) -> _Settings:
-        config = self.scorer.config
-        settings = _Settings(
-            strengths=check_strengths(config.strength if strength is None else strength),
-            num_inference_steps=int(
-                config.num_inference_steps if num_inference_steps is None else num_inference_steps
-            ),
-            noise=check_choice("noise", noise or config.noise, NOISE_KINDS),
-            sampler=check_choice("sampler", config.sampler, SAMPLERS),
-            num_ensemble=int(config.num_ensemble if num_ensemble is None else num_ensemble),
-        )
-        if settings.num_inference_steps < 1 or settings.num_ensemble < 1:
-            raise ConfigError("num_inference_steps and num_ensemble must be at least 1")
+    def _settings(self, strength, num_inference_steps, noise, num_ensemble) -> DetectionSettings:
         if self.resolution % self.vae_scale_factor:
             raise ConfigError(
                 f"the scorer's resolution {self.resolution} must be a multiple of the vae's downsampling "
                 f"factor {self.vae_scale_factor}"
             )
-        return settings
+        return self.scorer.settings(strength, num_inference_steps, noise, num_ensemble)
 
     def _batches(self, images: list[torch.Tensor], batch_size: int):
         if batch_size < 1:
@@ -407,39 +279,37 @@ class AnomalyDetectionPipeline(DiffusionPipeline):
         for start in self.progress_bar(range(0, len(images), batch_size)):
             yield start, images[start : start + batch_size]
 
-    def _image_seeds(self, generator, count: int) -> list[int]:
-        """One seed per image, drawn from `generator`: an image's noise then depends neither on the
-        batch size nor on the other images in the call."""
-        high = 2**62
-        if isinstance(generator, list):
-            if len(generator) != count:
-                raise ConfigError(f"got {len(generator)} generators for {count} images; give one per image")
-            return [int(torch.randint(high, (1,), generator=g, device=g.device)) for g in generator]
-        if generator is None:
-            generator = torch.Generator()
-            generator.seed()  # fresh entropy, not the global random state
-        return torch.randint(high, (count,), generator=generator, device=generator.device).tolist()
-
     def _residual_maps(
-        self, originals: list[torch.Tensor], settings: _Settings, seeds: list[int], decode: bool = False
+        self,
+        originals: list[torch.Tensor],
+        settings: DetectionSettings,
+        seeds: list[int],
+        decode: bool = False,
     ):
         """Smoothed residual maps (name -> (N, R, R)), averaged over the ensemble, and the first
-        reconstruction (N, C, R, R) in [-1, 1]: decoded when `decode`, or a residual or the segmentation
-        head needs it (else None)."""
-        device = self._execution_device
+        reconstruction (N, C, R, R) in [-1, 1]: decoded when `decode` and there is a decoder, or when a
+        residual needs it (else None). Only what the residuals in use need is run: no UNet call when
+        every weight is on the fitted maps, no denoising loop for the latent-only ones."""
         x = self._working_size(originals)
         names = self.scorer.active_residuals(
-            latent=self.vae is not None, feature=self.feature_extractor is not None
+            latent=self.vae is not None, feature=self.feature_extractor is not None, decoder=self.has_decoder
         )
-        generators = [torch.Generator(device).manual_seed(seed) for seed in seeds]
-        z0 = self._encode(x)
-        features = self._features(x) if "feature" in names else None
+        decode = decode and self.has_decoder
+        generators = [torch.Generator(self._execution_device).manual_seed(seed) for seed in seeds]
         fitted = [n for n in names if n in FITTED_MAPS]  # of the input alone: once, not per reconstruction
-        names = [n for n in names if n not in FITTED_MAPS]
+        direct = [n for n in names if n in DIRECT]  # of the input latent and the UNet, no denoising loop
+        names = [n for n in names if n not in FITTED_MAPS and n not in DIRECT]
         sums: dict[str, torch.Tensor] = self._fitted_maps(originals, fitted) if fitted else {}
+        if not (names or direct or decode):
+            return {n: self.scorer.smooth(m) for n, m in sums.items()}, None
+        z0 = self._encode(x)
+        size = tuple(x.shape[-2:])
+        for name in direct:
+            sums[name] = self._direct_residual(name, z0, settings, generators, size)
+        features = self._features(x) if "feature" in names else None
         first = None
         pixels = any(n in PIXEL_RESIDUALS for n in names)
-        for strength in settings.strengths:
+        for strength in settings.strengths if names or decode else []:
             for _ in range(settings.num_ensemble):
                 z_hat = self._denoise(z0, strength, settings, generators)
                 x_hat = self._decode(z_hat) if pixels or (first is None and decode) else None
@@ -487,7 +357,25 @@ class AnomalyDetectionPipeline(DiffusionPipeline):
         accepted = inspect.signature(cls.__init__).parameters
         return cls.from_config({k: v for k, v in self.scheduler.config.items() if k in accepted})
 
-    def _denoise(self, z0, strength: float, settings: _Settings, generators) -> torch.Tensor:
+    def _predict_noise(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The UNet's noise prediction, with the Gaussian prior of a whitened first stage (`denoiser`)."""
+        alphas = self.scheduler.alphas_cumprod
+        return predict_noise(self.unet, z, t, alphas, noise_prior(self.vae))
+
+    def _direct_residual(self, name: str, z0, settings: DetectionSettings, generators, size) -> torch.Tensor:
+        """latent_norm, denoise or score of the input latent (`diffad.scoring.latent_scores`), (N, H, W)."""
+        value = direct_residual(
+            name,
+            z0,
+            self._predict_noise,
+            self.scheduler.alphas_cumprod,
+            self.scorer.denoise_timesteps,
+            settings.num_ensemble,
+            lambda: self._draw("gaussian", z0, generators),  # the Gaussian prior's noise
+        )
+        return resize(value[:, None], size)[:, 0]
+
+    def _denoise(self, z0, strength: float, settings: DetectionSettings, generators) -> torch.Tensor:
         scheduler = self._make_scheduler(settings.sampler)
         _, timesteps = partial_timesteps(scheduler, strength, settings.num_inference_steps)
         noise = self._draw(settings.noise, z0, generators)
@@ -495,7 +383,7 @@ class AnomalyDetectionPipeline(DiffusionPipeline):
         z = scheduler.add_noise(z0, noise, timesteps[:1].repeat(z0.shape[0]).to(z0.device))
         for t in timesteps:
             model_input = scheduler.scale_model_input(z, t)
-            model_output = self.unet(model_input, t.to(z.device)).sample
+            model_output = self._predict_noise(model_input, t)
             # DDPM adds noise on every step but the last (DDIM with eta 0 never does): AnoDDPM's simplex.
             stochastic = settings.sampler == "ddpm" and int(t) > 0
             step_noise = self._draw(settings.noise, z, generators) if stochastic else None
@@ -516,4 +404,6 @@ class AnomalyDetectionPipeline(DiffusionPipeline):
             return ssim_residual(x.float(), x_hat.float())
         if name == "latent":
             return latent_residual(z0, z_hat, size)
+        if name == "latent_cosine":
+            return latent_cosine_residual(z0, z_hat, size)
         return feature_residual(features, self._features(x_hat), size)

@@ -11,6 +11,7 @@ from test_pipeline import tiny_pipeline
 from diffad import AnomalyDetectionPipeline
 from diffad.baselines import PaDiM
 from diffad.scoring import feature_gaussian as fg
+from diffad.scoring import fitting
 
 RES = 32
 
@@ -166,7 +167,7 @@ def test_fit_calibration_attaches_features_and_fits_them_on_the_other_good_image
     rest = torch.randperm(7, generator=generator_for(0, "calibration")).tolist()[3:]
     by_hand = gaussian_pipeline(**FEATURE_SETTINGS, feature_gaussian_dim=config.feature_gaussian_dim)
     size = FEATURE_SETTINGS["feature_gaussian_resolution"]  # images are loaded at the features' size
-    by_hand.fit_feature_gaussian(load_images([samples[i] for i in sorted(rest)], size, 1))
+    fitting.fit_feature_gaussian(by_hand, load_images([samples[i] for i in sorted(rest)], size, 1))
     assert torch.allclose(pipe.scorer.gaussian_mean, by_hand.scorer.gaussian_mean, atol=1e-5)
 
 

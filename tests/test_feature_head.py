@@ -10,6 +10,7 @@ from test_feature_gaussian import RES, gaussian_pipeline
 from diffad import AnomalyDetectionPipeline
 from diffad.errors import ConfigError
 from diffad.scoring import feature_head as fh
+from diffad.scoring import fitting
 
 HEAD = dict(defects_per_image=4, steps=60, train_batch_size=8)
 
@@ -39,7 +40,7 @@ def test_position_statistics_match_numpy():
 
 def test_the_same_seed_trains_the_same_head_and_another_seed_another():
     train = textures(6, seed=1)
-    heads = [head_pipeline().fit_feature_head(train, seed=s, **HEAD).scorer for s in (3, 3, 4)]
+    heads = [fitting.fit_feature_head(head_pipeline(), train, seed=s, **HEAD).scorer for s in (3, 3, 4)]
     a, b, c = (torch.cat([p.flatten() for p in s.feature_head.parameters()]) for s in heads)
     assert torch.equal(a, b) and not torch.equal(a, c)
 
@@ -51,8 +52,8 @@ def test_the_head_learns_where_defects_are():
 
     # Faint textures: the tiny random extractor's features must tell defects from good ones.
     train, test = textures(12, seed=1) * 0.1, textures(16, seed=5) * 0.1
-    pipe = head_pipeline().fit_feature_head(
-        train, seed=0, defects_per_image=8, steps=300, train_batch_size=16
+    pipe = fitting.fit_feature_head(
+        head_pipeline(), train, seed=0, defects_per_image=8, steps=300, train_batch_size=16
     )
     defects = [synthesize(x, "mix", torch.Generator().manual_seed(1000 + i)) for i, x in enumerate(test)]
     masks = np.stack([d.mask.reshape(RES, RES).numpy() > 0.5 for d in defects])
@@ -74,7 +75,7 @@ def test_calibrate_trains_the_head_records_its_statistics_and_round_trips(tmp_pa
     scorer = pipe.scorer
     assert scorer.has_feature_head and scorer.config.feature_head_grid == [8, 8]
     # Trained on the 6 other good images: their per-position statistics are the head's.
-    embedding = pipe._embeddings(list(train[4:]), 8)
+    embedding = fitting.embeddings(pipe, list(train[4:]), 8)
     assert torch.allclose(scorer.head_mean, embedding.mean(0), atol=1e-5)
     mean, std = scorer.head_calibration
     assert torch.allclose(mean, mean[0, 0]) and 0 < mean[0, 0] < 1 and std[0, 0] != 1
@@ -92,7 +93,7 @@ def test_without_weight_no_head_is_trained_and_a_wrong_grid_is_named():
     train = textures(6, seed=1)
     pipe = head_pipeline(feature_head_weight=0.0, pixel_weight=1.0).calibrate(train, mode="global")
     assert not pipe.scorer.has_feature_head and pipe.scorer.feature_head is None
-    trained = head_pipeline().fit_feature_head(train, seed=0, **HEAD)
+    trained = fitting.fit_feature_head(head_pipeline(), train, seed=0, **HEAD)
     trained(textures(1, seed=2, size=2 * RES))  # resized to the working resolution: fine
     trained.scorer.register_to_config(feature_gaussian_resolution=2 * RES)  # features on a finer grid
     with pytest.raises(ConfigError, match="calibrate the pipeline again"):
@@ -104,7 +105,7 @@ def test_gaussians_and_head_fitted_together_equal_each_fitted_alone():
     both = head_pipeline(feature_gaussian_weight=1.0)
     both.calibrate(train, mode="none", feature_head_steps=20)  # one feature pass serves both
     alone = head_pipeline(feature_gaussian_weight=1.0)
-    alone.fit_feature_gaussian(train).fit_feature_head(train, seed=0, steps=20)
+    fitting.fit_feature_head(fitting.fit_feature_gaussian(alone, train), train, seed=0, steps=20)
     for name in ("gaussian_mean", "gaussian_precision", "head_mean", "head_std"):
         assert torch.equal(getattr(both.scorer, name), getattr(alone.scorer, name)), name
     for a, b in zip(both.scorer.feature_head.parameters(), alone.scorer.feature_head.parameters()):

@@ -145,7 +145,7 @@ def test_diffad_fit_runs_both_stages_then_refuses_or_resumes(data, tmp_path, cap
     from diffad.cli import main
 
     out = tmp_path / "fit"
-    argv = ["fit", "--data", data, "--output_dir", out, "--preset", "tiny", "--resolution", 16,
+    argv = ["fit", "--data", data, "--output_dir", out, "--first_stage", "kl", "--preset", "tiny", "--resolution", 16,
             "--vae_steps", 2, "--unet_steps", 2, "--validation_steps", 0, "--num_inference_steps", 2, "--feature_head_steps", 5]  # fmt: skip
     argv = [str(a) for a in argv]
     for bad in (

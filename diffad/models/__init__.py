@@ -1,11 +1,13 @@
 """Presets and losses around diffusers' AutoencoderKL, VQModel and UNet2DModel, and the networks diffad adds."""
 
 from diffad.models.efficientnet import EfficientNetLiteFeatures as EfficientNetLiteFeatures
+from diffad.models.feature_encoder import FeatureEncoder
 from diffad.models.losses import PatchDiscriminator
 from diffad.models.presets import (
     MODEL_TYPES,
     PRESETS,
     build_autoencoder,
+    build_feature_unet,
     build_unet,
     downsample_factor,
     latent_channels,
@@ -15,6 +17,8 @@ from diffad.models.presets import (
 from diffad.models.segmentation import SegmentationHead, build_segmentation_head
 
 __all__ = [
+    "FeatureEncoder",
+    "build_feature_unet",
     "SegmentationHead",
     "build_segmentation_head",
     "PatchDiscriminator",

@@ -155,3 +155,17 @@ def format_outputs(
             recon_pil.append(PIL.Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array))
         return maps_pil, scores.numpy(), recon_pil if images else None
     raise ConfigError(f'output_type must be "np", "pt" or "pil"; got {output_type!r}')
+
+
+def image_seeds(generator, count: int) -> list[int]:
+    """One seed per image, drawn from `generator`: an image's noise then depends neither on the
+    batch size nor on the other images in the call."""
+    high = 2**62
+    if isinstance(generator, list):
+        if len(generator) != count:
+            raise ConfigError(f"got {len(generator)} generators for {count} images; give one per image")
+        return [int(torch.randint(high, (1,), generator=g, device=g.device)) for g in generator]
+    if generator is None:
+        generator = torch.Generator()
+        generator.seed()  # fresh entropy, not the global random state
+    return torch.randint(high, (count,), generator=generator, device=generator.device).tolist()

@@ -55,6 +55,12 @@ def latent_residual(z: torch.Tensor, z_hat: torch.Tensor, size: tuple[int, int])
     return F.interpolate(diff.float(), size=size, mode="bilinear", align_corners=False).squeeze(1)
 
 
+def latent_cosine_residual(z: torch.Tensor, z_hat: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """1 - cosine similarity of each position's latent vector and its denoised one, upsampled to `size`."""
+    dist = 1.0 - F.cosine_similarity(z.float(), z_hat.float(), dim=1, eps=1e-6)
+    return F.interpolate(dist[:, None], size=size, mode="bilinear", align_corners=False).squeeze(1)
+
+
 def feature_residual(
     features: list[torch.Tensor], features_hat: list[torch.Tensor], size: tuple[int, int]
 ) -> torch.Tensor:

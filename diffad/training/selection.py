@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from diffad.metrics import ranking
 from diffad.metrics.pixels import PooledPixels
-from diffad.scoring.scorer import DEVIATIONS
+from diffad.scoring.scorer import DEVIATIONS, RESIDUALS
 
 WEIGHTS = (0.0, 0.5, 1.0)
 EVAL_SIZE = 64  # maps and masks are compared at this side: the grid's metrics stay cheap
@@ -33,10 +33,13 @@ TOLERANCE = 0.01  # objectives closer than this count as equal (the simpler sett
 
 
 def candidates(pipe) -> list[str]:
-    """The reconstruction residuals this pipeline can compute."""
-    return pipe.scorer.available_residuals(
-        latent=pipe.vae is not None, feature=pipe.feature_extractor is not None
+    """The residuals to choose among: those of the reconstruction with an autoencoder or in pixel space,
+    the latent-space ones with a first stage that has no decoder (a feature encoder)."""
+    decoder = getattr(pipe, "has_decoder", True)
+    names = pipe.scorer.available_residuals(
+        latent=pipe.vae is not None, feature=pipe.feature_extractor is not None, decoder=decoder
     )
+    return [n for n in names if n in RESIDUALS] if decoder else names
 
 
 def grid(names: list[str], fitted: list[str] = ()) -> list[dict]:

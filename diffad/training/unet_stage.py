@@ -43,7 +43,13 @@ def add_unet_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     source.add_argument("--vae", help="folder of the trained autoencoder (train_vae.py's --output_dir)")
     source.add_argument("--pixel_space", action="store_true", help="no autoencoder: AnoDDPM on pixels")
     g.add_argument("--preset", choices=("tiny", "small", "base"), default="small")
-    g.add_argument("--noise", choices=("simplex", "gaussian"), default="simplex")
+    g.add_argument(
+        "--noise",
+        choices=("simplex", "gaussian"),
+        default=None,
+        help="the training noise (default: gaussian for a feature first stage, whose Gaussian prior "
+        "assumes it, else simplex as in AnoDDPM)",
+    )
     g.add_argument("--num_train_timesteps", type=int, default=1000)
     g.add_argument(
         "--beta_schedule", choices=("linear", "scaled_linear", "squaredcos_cap_v2"), default="linear"
@@ -102,7 +108,8 @@ def main(args: argparse.Namespace) -> dict:
     """Train stage 2 and write the detection pipeline into --output_dir; returns a summary."""
     from diffusers import DDIMScheduler, DDPMScheduler
 
-    from diffad.models import build_unet, downsample_factor, latent_channels
+    from diffad.models import build_feature_unet, build_unet, downsample_factor, latent_channels
+    from diffad.models.denoiser import noise_prior, predict_noise, zero_output
     from diffad.schedulers import NoiseDDIMScheduler
     from diffad.scoring.scorer import AnomalyScorer
 
@@ -115,9 +122,25 @@ def main(args: argparse.Namespace) -> dict:
     check_resolution(args.resolution, vae_factor, "the autoencoder")
     latent_res = args.resolution // vae_factor
     in_channels = args.channels if vae is None else latent_channels(vae)
+    features = vae is not None and not getattr(vae, "has_decoder", True)
+    if features and args.resolution != vae.config.sample_size:
+        raise ConfigError(
+            f"--resolution {args.resolution} differs from the feature first stage's {vae.config.sample_size} "
+            f"({args.vae}); pass --resolution {vae.config.sample_size}"
+        )
+    prior = noise_prior(vae)
+    noise_kind = args.noise or ("gaussian" if prior == "gaussian" else "simplex")
+    if prior == "gaussian" and noise_kind != "gaussian":
+        raise ConfigError(
+            f"--vae {args.vae} is a whitened feature first stage whose Gaussian prior assumes Gaussian noise: "
+            "pass --noise gaussian (or leave --noise out)"
+        )
     with seeded(args.seed):
         # Any multiple of the UNet's factor will do here; the real size is set once it is checked.
-        unet = build_unet(args.preset, in_channels=in_channels, sample_size=1024)
+        build = build_feature_unet if features else build_unet
+        unet = build(args.preset, in_channels=in_channels, sample_size=1024)
+        if prior == "gaussian":
+            zero_output(unet)  # the Gaussian prior alone to start with
     check_resolution(
         args.resolution, vae_factor * downsample_factor(unet), "the autoencoder and UNet together"
     )
@@ -142,7 +165,7 @@ def main(args: argparse.Namespace) -> dict:
         show_progress=main_process,
     )
     scale = 1.0
-    if vae is not None:
+    if vae is not None and not features:  # whitened feature latents have unit scale already
         scale = scaling_factor(versions[0])
         vae.register_to_config(scaling_factor=scale)
     versions = (versions * scale).to(device)
@@ -151,7 +174,11 @@ def main(args: argparse.Namespace) -> dict:
     )
 
     noise_scheduler = DDPMScheduler(**scheduler_config(args))
-    scorer = AnomalyScorer(resolution=args.resolution, noise=args.noise)
+    # Without a decoder only latent-space residuals exist: the score of the model, to start with.
+    no_decoder = dict(
+        pixel_weight=0.0, ssim_weight=0.0, latent_weight=0.0, feature_weight=0.0, score_weight=1.0
+    )
+    scorer = AnomalyScorer(resolution=args.resolution, noise=noise_kind, **(no_decoder if features else {}))
     max_t = args.max_timestep or args.num_train_timesteps
     optimizer = make_optimizer(unet.parameters(), args)
     lr_scheduler = make_lr_scheduler(accelerator, optimizer, args)
@@ -171,12 +198,13 @@ def main(args: argparse.Namespace) -> dict:
             flip = generator_for(args.seed, "flip", m)
             pick = global_randint(len(versions), len(idx), flip, rank=rank, world_size=world).to(device)
             x0 = versions[pick, idx]
-            noise = draw_noise(args.noise, x0.shape, generator_for(args.seed, "noise", m), accelerator).to(x0)
+            noise = draw_noise(noise_kind, x0.shape, generator_for(args.seed, "noise", m), accelerator).to(x0)
             steps_gen = generator_for(args.seed, "timesteps", m)
             t = global_randint(max_t, len(idx), steps_gen, rank=rank, world_size=world).to(device)
             noisy = noise_scheduler.add_noise(x0, noise, t)
             with accelerator.accumulate(unet):
-                loss = F.mse_loss(unet(noisy, t).sample.float(), noise.float())
+                predicted = predict_noise(unet, noisy, t, noise_scheduler.alphas_cumprod, prior)
+                loss = F.mse_loss(predicted.float(), noise.float())
                 optimizer_update(accelerator, loss, unet, optimizer, lr_scheduler, args.max_grad_norm)
             total += loss.detach().item() / accum
         if ema is not None:
@@ -210,7 +238,10 @@ def main(args: argparse.Namespace) -> dict:
                 output_type="pt",
             )
             model.train()
-        rows = error_rows(val_images, out.reconstructions.to(val_images) * 2 - 1)
+        if out.reconstructions is None:  # a first stage without a decoder
+            rows = {"input": to_uint8(val_images)}
+        else:
+            rows = error_rows(val_images, out.reconstructions.to(val_images) * 2 - 1)
         maps = out.anomaly_maps[:, None]
         rows["anomaly map"] = to_uint8(maps / maps.amax().clamp_min(1e-6), (0.0, 1.0))
         save_panel(rows, panel_path(args, step))

