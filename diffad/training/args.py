@@ -23,7 +23,11 @@ def add_training_args(parser: argparse.ArgumentParser, *, default_lr: float, def
     g = parser.add_argument_group("training")
     g.add_argument("--output_dir", required=True, help="where checkpoints, samples and the final model go")
     g.add_argument(
-        "--overwrite_output_dir", action="store_true", help="write into a folder that holds other files"
+        "--overwrite_output_dir",
+        "--overwrite",
+        dest="overwrite_output_dir",
+        action="store_true",
+        help="write into a folder that holds other files (--overwrite: the same)",
     )
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--max_train_steps", type=int, default=2000, help="optimizer steps")
