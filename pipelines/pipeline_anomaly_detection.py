@@ -213,12 +213,19 @@ class AnomalyDetectionPipeline(DiffusionPipeline):
         first, on `gaussian_images` (default: `good_images`; better, other good images than those the
         statistics come from, since images a Gaussian was fitted on lie closer to it than unseen ones).
         With `feature_head_weight` > 0 the feature head is trained next, on the same images and
-        synthetic defects made on them, for `feature_head_steps` (seeded by `generator`'s initial seed)."""
+        synthetic defects made on them, for `feature_head_steps` (seeded by `generator`'s initial seed).
+        Gaussians or a head already fitted (a trained folder) are kept unless `gaussian_images` is given:
+        only the statistics are taken again."""
         check_choice("calibration mode", mode, CALIBRATIONS)
         fit_images = good_images if gaussian_images is None else gaussian_images
         features = self.feature_extractor is not None
         gaussians = features and self.scorer.weight("feature_gaussian") > 0
         head = features and self.scorer.weight("feature_head") > 0
+        if gaussian_images is None:
+            # Statistics taken on the images just fitted are far too small: recalibrating the shipped
+            # model on 8 cells refitted its Gaussians on them and every later score became ~1e6.
+            gaussians = gaussians and not self.scorer.has_feature_gaussian
+            head = head and not self.scorer.has_feature_head
         embeddings = None
         if gaussians and head:  # both fit on the same images: extract their features once
             embeddings = self._embeddings(to_tensor_list(fit_images, self.image_channels), batch_size)

@@ -56,7 +56,10 @@ def add_fit_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "on pretrained features (needs the [features] extra)",
     )
     p.add_argument(
-        "--model_type", choices=("kl", "vq"), default="kl", help="stage 1 autoencoder: KL (LDM) or VQ (Taming)"
+        "--model_type",
+        choices=("kl", "vq"),
+        default="kl",
+        help="stage 1 autoencoder: KL (LDM) or VQ (Taming)",
     )
     p.add_argument(
         "--noise", choices=("simplex", "gaussian"), default="simplex", help="noise the UNet is trained with"
