@@ -115,6 +115,18 @@ class AnomalyDetectionPipeline(DiffusionPipeline):
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs):
         """As `DiffusionPipeline.from_pretrained`, but offline unless `local_files_only=False` is passed:
         every component, a transformers feature extractor included, loads from the local folder."""
+        from pathlib import Path
+
+        from diffad.detectors import check_pipeline_folder
+
+        folder = Path(pretrained_model_name_or_path)
+        if (folder / "model_index.json").is_file():
+            check_pipeline_folder(folder)  # names a missing component; diffusers' message does not
+        elif (folder / "detector_config.json").is_file():
+            raise ConfigError(
+                f"{folder} holds a reference detector (PaDiM or PatchCore), not a pipeline: load it with "
+                f"diffad.load_detector({str(folder)!r}), which loads every folder diffad fit writes"
+            )
         kwargs.setdefault("local_files_only", True)
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 

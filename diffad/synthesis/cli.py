@@ -101,11 +101,15 @@ def _absolute(path: str | None) -> str | None:
 def run(args) -> int:
     import torch
 
+    from diffad.detectors import resolve_device
     from diffad.errors import ConfigError
     from diffad.synthesis.dataset_writer import Settings, synthesize_dataset
 
-    if not 0 <= args.test_fraction < 1:
-        raise ConfigError(f"--test_fraction must be in [0, 1), not {args.test_fraction}")
+    if not 0 < args.test_fraction < 1:
+        raise ConfigError(
+            f"--test_fraction must be in (0, 1), not {args.test_fraction}: the defects are made on the "
+            "held-back good images, so that no detector trained on train/good is tested on an image it saw"
+        )
     if not 0 < args.strength <= 1:
         raise ConfigError(f"--strength must be in (0, 1], not {args.strength}")
     if args.resolution is not None and args.resolution < 8:
@@ -127,7 +131,7 @@ def run(args) -> int:
         strength=args.strength,
         noise=args.noise,
     )
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = str(resolve_device(args.device))
     manifest = synthesize_dataset(
         settings, args.output_dir, overwrite=args.overwrite, device=device, progress=not args.quiet
     )
