@@ -3,6 +3,7 @@ options out of range, odd images and masks, and messages that name the file and 
 
 import csv
 import json
+import re
 import shutil
 
 import numpy as np
@@ -214,3 +215,47 @@ def test_synthesize_refuses_test_fraction_0(data, tmp_path, capsys):
     assert main([*argv, "--num", "1", "--test_fraction", "0"]) == 2
     one_line_error(capsys, "--test_fraction", "held-back")
     assert not (tmp_path / "s").exists()
+
+
+# --- item 8: help and naming ---------------------------------------------------------------------
+
+
+def subcommands():
+    import argparse
+
+    from diffad.cli import build_parser
+
+    action = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    found = {}
+    for name, parser in action.choices.items():
+        nested = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        for sub in nested:
+            found.update({f"{name} {n}": p for n, p in sub.choices.items()})
+        if not nested:
+            found[name] = parser
+    return found
+
+
+def test_every_option_of_every_command_has_help():
+    missing = [
+        f"{name} {action.option_strings[0]}"
+        for name, parser in subcommands().items()
+        for action in parser._actions
+        if action.option_strings and not (action.help or "").strip()
+    ]
+    assert not missing, missing
+
+
+def test_synthesize_help_says_each_default_once_and_no_none():
+    text = subcommands()["synthesize"].format_help()
+    assert "(default: None)" not in text
+    for block in re.split(r"\n  (?=-)", text):  # one option's help each
+        assert block.count("default") <= 1, block
+
+
+def test_overwrite_is_one_name_everywhere_and_fit_keeps_the_old_one():
+    parsers = subcommands()
+    for name in ("fit", "detect", "evaluate", "synthesize", "demo"):
+        assert "--overwrite" in parsers[name]._option_string_actions, name
+    old = parsers["fit"]._option_string_actions["--overwrite_output_dir"]
+    assert old is parsers["fit"]._option_string_actions["--overwrite"]

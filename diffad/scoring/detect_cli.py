@@ -44,7 +44,9 @@ def register(subparsers) -> None:
         "--input", required=True, nargs="+", help="image files and/or folders (searched recursively)"
     )
     parser.add_argument("--output_dir", required=True, help="where maps/, overlays/ and scores.csv go")
-    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument(
+        "--batch_size", type=int, default=8, help="images per forward pass (lower it if memory runs out)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the noise (same seed, same maps)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument(
