@@ -259,3 +259,26 @@ def test_overwrite_is_one_name_everywhere_and_fit_keeps_the_old_one():
         assert "--overwrite" in parsers[name]._option_string_actions, name
     old = parsers["fit"]._option_string_actions["--overwrite_output_dir"]
     assert old is parsers["fit"]._option_string_actions["--overwrite"]
+
+
+# --- item 7: what the README says the score is and where detect writes -----------------------------
+
+
+def test_score_is_the_maps_maximum_at_the_working_resolution():
+    pipe = tiny_pipeline(None, channels=1)
+    size = pipe.resolution
+    images = [torch.rand(1, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1]
+    images.append(torch.rand(1, 3 * size, 2 * size, generator=torch.Generator().manual_seed(1)) * 2 - 1)
+    out = pipe(images, generator=torch.Generator().manual_seed(0))
+    assert out.anomaly_scores[0] == pytest.approx(float(out.anomaly_maps[0].max()), abs=1e-6)
+    assert out.anomaly_maps[1].shape == (3 * size, 2 * size)  # resized after scoring
+
+
+def test_detect_writes_a_folders_images_under_its_name(model_dir, tmp_path):
+    (tmp_path / "my_images" / "a").mkdir(parents=True)
+    image_file(tmp_path / "my_images" / "a" / "b.png")
+    single = image_file(tmp_path / "c.png")
+    out = tmp_path / "detections"
+    argv = ["detect", "--model", str(model_dir), "--input", str(tmp_path / "my_images"), str(single)]
+    assert main([*argv, "--output_dir", str(out)]) == 0
+    assert (out / "maps" / "my_images" / "a" / "b.png").is_file() and (out / "maps" / "c.png").is_file()
