@@ -282,3 +282,12 @@ def test_detect_writes_a_folders_images_under_its_name(model_dir, tmp_path):
     argv = ["detect", "--model", str(model_dir), "--input", str(tmp_path / "my_images"), str(single)]
     assert main([*argv, "--output_dir", str(out)]) == 0
     assert (out / "maps" / "my_images" / "a" / "b.png").is_file() and (out / "maps" / "c.png").is_file()
+
+
+def test_fit_names_every_broken_training_image(tmp_path, capsys):
+    root = make_mvtec_tree(tmp_path / "d", "widget", size=16, n_train=4, n_good_test=1, n_defect=1)
+    for i in range(2):
+        (root / "train" / "good" / f"broken{i}.png").write_bytes(b"not a png")
+    argv = ["fit", "--data", str(root), "--output_dir", str(tmp_path / "f"), "--preset", "tiny"]
+    assert main([*argv, "--resolution", "16", "--vae_steps", "1", "--unet_steps", "1"]) == 2
+    one_line_error(capsys, "2 images cannot be read", "broken0.png", "broken1.png")
