@@ -9,21 +9,13 @@ import shutil
 import numpy as np
 import PIL.Image
 import pytest
+import test_detect_cli
 import torch
 from data_trees import make_mvtec_tree
 from test_pipeline import tiny_pipeline
 
 from diffad.cli import main
 from diffad.errors import ConfigError, DataError
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("model")
-    pipe = tiny_pipeline(None, channels=1)
-    pipe.calibrate(np.random.default_rng(0).uniform(size=(3, 16, 16, 1)).astype(np.float32), mode="global")
-    pipe.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +40,9 @@ def data(tmp_path_factory):
     return make_mvtec_tree(
         tmp_path_factory.mktemp("data"), "widget", size=32, n_train=4, n_good_test=2, n_defect=2
     )
+
+
+model_dir = test_detect_cli.model_dir  # the fixture: a tiny calibrated pipeline folder
 
 
 def image_file(path, size=(16, 16), seed=0):
