@@ -162,7 +162,10 @@ def test_diffad_fit_runs_both_stages_then_refuses_or_resumes(data, tmp_path, cap
     assert not out.exists()  # refused before anything was written
     assert main(argv) == 0
     printed = capsys.readouterr()
-    assert "plan: stage 1 (autoencoder): 2 steps, no time limit; stage 2 (UNet): 2 steps" in printed.out
+    assert (
+        "plan: stage 1 (autoencoder): 2 steps, no time limit; stage 2 (UNet): 2 steps, no time limit; calibration"
+        in printed.out
+    )
     assert (out / "model_index.json").is_file() and (out / "autoencoder" / "config.json").is_file()
     summary = json.loads((out / "fit_summary.json").read_text())
     assert [s["stage"] for s in summary["stages"]] == ["vae", "unet", "calibration"]

@@ -219,11 +219,11 @@ def stage_plan(args) -> dict[str, dict]:
     plan = {}
     for name in ("vae", "unet", "head") if args.with_head else ("vae", "unet"):
         if shared:  # the most a stage can get: its share of a budget the earlier stages did not use
-            most = budget * {"vae": shares["vae"], "unet": stage_share, "head": 1.0}[name]
-            minutes = most
+            minutes = budget * {"vae": shares["vae"], "unet": stage_share, "head": 1.0}[name]
         else:
             minutes = None if given[name] is not None else budget * shares[name]
         plan[name] = {"steps": given[name] or defaults[name], "minutes": minutes, "shared": shared}
+        plan[name]["budget"] = budget if shared else None
     return plan
 
 
@@ -234,10 +234,17 @@ def describe_plan(plan: dict[str, dict]) -> str:
         steps = f"{stage['steps']} steps" if stage["steps"] else "its default steps"
         if stage["minutes"] is None:
             parts.append(f"{names[name]}: {steps}, no time limit")
+        elif not stage["shared"]:
+            parts.append(f"{names[name]}: up to {steps} within {stage['minutes']:.1f} minutes")
+        elif name == "vae":
+            within = f"{stage['minutes']:.1f} of the {stage['budget']:.1f} minutes"
+            parts.append(f"{names[name]}: up to {steps} within {within}")
         else:
-            left = " (and what earlier stages leave)" if stage["shared"] and name != "vae" else ""
-            parts.append(f"{names[name]}: up to {steps} within {stage['minutes']:.1f} minutes{left}")
-    return "diffad fit: plan: " + "; ".join(parts) + "; then calibration"
+            parts.append(
+                f"{names[name]}: up to {steps} within what is left of the {stage['budget']:.1f} minutes"
+            )
+    parts.insert(2, "calibration")  # before the segmentation head, which trains on the calibrated pipeline
+    return "diffad fit: plan: " + "; ".join(parts)
 
 
 def _check_output(args, out: Path) -> None:
