@@ -1,11 +1,13 @@
 """Quality and CPU speed of the reference detectors (PaDiM, PatchCore) on EfficientNet-Lite0 features.
 
-    nice -n 10 python benchmarks/bench_baselines.py --data /work/shared/data/dagm_class1 --threads 2
+    nice -n 10 python benchmarks/bench_baselines.py --data data/dagm_class1 --threads 2
     nice -n 10 python benchmarks/bench_baselines.py --data elpv --category mono --threads 2
 
 Fits each detector on the good training images, scores the test split, prints a Markdown table (image
 AUROC, pixel AUROC, AUPRO, ms per test image) and, with --json, writes the rows. `--set` overrides a
 detector option, e.g. `--set patchcore.border_pad=0 --set patchcore.score_border=16`.
+
+`data/dagm_class1` is DAGM 2007 class 1 in MVTec AD layout: docs/DATASETS.md says where to get it and how to lay it out.
 """
 
 from __future__ import annotations

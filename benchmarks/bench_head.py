@@ -1,6 +1,6 @@
 """Quality and speed of the segmentation head: residual map alone, head alone, head fused with the map.
 
-    nice -n 10 python benchmarks/bench_head.py --data /work/shared/data/dagm_class1 \
+    nice -n 10 python benchmarks/bench_head.py --data data/dagm_class1 \
         --residual_model RUN/residual --head_model RUN/head --synthetic cutpaste --json head.json
 
 `--head_model` is a pipeline folder with a `segmentation_head` (train_seg.py); `--residual_model` the
@@ -11,8 +11,8 @@ pipelines' working resolution; masks are resized to it. Prints a Markdown table 
 AUROC, AUPRO) per test set: the real test split, and with --synthetic METHOD the good test images
 with that synthetic defect added to one copy of each. --timing adds the head's share of detection time.
 
-The comparison in the head's closing note (128 px, 1 thread each, `nice -n 10`, wall minutes below; CPU
-seconds measured with /usr/bin/time), for DATA = --data /work/shared/data/dagm_class1 or --data elpv
+The comparison behind the segmentation head's figures (128 px, 1 thread each, `nice -n 10`, wall minutes below; CPU
+seconds measured with /usr/bin/time), for DATA = --data data/dagm_class1 or --data elpv
 --category mono, C = --resolution 128 --channels 1 --train_batch_size 8 --max_train_steps 100000
 --checkpointing_steps 0 --validation_steps 0 --seed 0 --preset tiny --learning_rate 5e-4:
 
@@ -22,6 +22,8 @@ seconds measured with /usr/bin/time), for DATA = --data /work/shared/data/dagm_c
         --head_stride 2 --pool_size 160 --pool_epochs 3 --max_minutes 4      # (--pool_epochs 6, 12 min: long)
     cp -r R/unet R/residual && python train_unet.py DATA C --max_timestep 500 --vae R/vae \
         --output_dir R/residual --resume_from_checkpoint latest --max_minutes 4   # repeated to match CPU time
+
+`data/dagm_class1` is DAGM 2007 class 1 in MVTec AD layout: docs/DATASETS.md says where to get it and how to lay it out.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The quality table: reference detectors and the diffusion detector's families, same data, same size.
 
     nice -n 10 python benchmarks/bench_quality.py \\
-        --dataset dagm=/work/shared/data/dagm_class1:runs/dagm-fit --dataset elpv-mono=elpv/mono:runs/elpv-fit
+        --dataset dagm=data/dagm_class1:runs/dagm-fit --dataset elpv-mono=elpv/mono:runs/elpv-fit
 
 Each `--dataset NAME=DATA[/CATEGORY]:MODEL` names a dataset (a folder, or `elpv/<category>`) and a
 `diffad fit` folder trained on it. On each, at `--resolution` (images are loaded at that size, maps
@@ -19,6 +19,8 @@ and masks compared at it):
 
 Timings (ms per test image, `--threads` CPU threads): the extractor alone, each reference detector,
 and the pipeline with and without the features. Prints a Markdown table; `--json` writes the rows.
+
+`data/dagm_class1` is DAGM 2007 class 1 in MVTec AD layout: docs/DATASETS.md says where to get it and how to lay it out.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Autoencoders trained on crops, with and without whole-image batches: reconstruction error by row.
 
-    nice -n 10 python benchmarks/bench_vae_crops.py --data /work/shared/data/dagm_class1 --steps 600
+    nice -n 10 python benchmarks/bench_vae_crops.py --data data/dagm_class1 --steps 600
 
 Trains the `small` autoencoder twice from the same seed on half-size random crops of the good
 training images (as `diffad fit` does from 128 px up): once on crops alone (`--full_image_every 0`),
@@ -8,6 +8,8 @@ once with every 4th batch of whole images (the default). Then reconstructs test 
 size and at the whole size and prints the mean L1 error, that of the bottom eighth of the rows, and
 the mean signed error of each eighth (top to bottom). Trained on crops alone, the decoder leaves a
 dark band at the bottom of whole images: the bottom eighth's error is several times the rest.
+
+`data/dagm_class1` is DAGM 2007 class 1 in MVTec AD layout: docs/DATASETS.md says where to get it and how to lay it out.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ _LAZY = {
     "AnomalyDetectionOutput": "diffad.pipelines.pipeline_anomaly_detection",
     "AnomalySynthesisPipeline": "diffad.pipelines.pipeline_anomaly_synthesis",
     "AnomalySynthesisOutput": "diffad.pipelines.pipeline_anomaly_synthesis",
+    "load_detector": "diffad.detectors",
 }
 
 

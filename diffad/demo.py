@@ -59,8 +59,13 @@ def register(subparsers) -> None:
     )
     p.add_argument("--num_synthetic", type=int, default=60, help="synthetic defects to make (default: 60)")
     p.add_argument("--limit", type=int, default=None, help="evaluate at most N real test images (quick look)")
-    p.add_argument("--batch_size", type=int, default=16)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch_size", type=int, default=16, help="images per forward pass")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the synthetic defects, the detection noise and, with --train, the training",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an output folder the demo did not make")
     p.set_defaults(func=run)
 

@@ -3,7 +3,9 @@
 Each defect is shown twice: as made, and with its mask outlined in red. ELPV defects are kept on the
 cell with foreground="auto"; DAGM is a texture, where the whole image is foreground.
 
-    python docs/make_synthetic_panel.py [--dagm /work/shared/data/dagm_class1] [--out docs/synthetic_panel.png]
+    python docs/make_synthetic_panel.py --dagm data/dagm_class1 [--out docs/synthetic_panel.png]
+
+--dagm is DAGM 2007 class 1 in MVTec AD layout (docs/DATASETS.md).
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ def source_images(dagm: Path) -> dict[str, list[Path]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dagm", default="/work/shared/data/dagm_class1")
+    parser.add_argument("--dagm", required=True, help="DAGM 2007 class 1 in MVTec AD layout (docs/DATASETS.md)")
     parser.add_argument("--out", default=str(Path(__file__).with_name("synthetic_panel.png")))
     parser.add_argument("--seed", type=int, default=3)
     args = parser.parse_args()

@@ -109,6 +109,18 @@ class AnomalyDetectionPipeline(DiffusionPipeline):
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs):
         """As `DiffusionPipeline.from_pretrained`, but offline unless `local_files_only=False` is passed:
         every component, a transformers feature extractor included, loads from the local folder."""
+        from pathlib import Path
+
+        from diffad.detectors import check_pipeline_folder
+
+        folder = Path(pretrained_model_name_or_path)
+        if (folder / "model_index.json").is_file():
+            check_pipeline_folder(folder)  # names a missing component; diffusers' message does not
+        elif (folder / "detector_config.json").is_file():
+            raise ConfigError(
+                f"{folder} holds a reference detector (PaDiM or PatchCore), not a pipeline: load it with "
+                f"diffad.load_detector({str(folder)!r}), which loads every folder diffad fit writes"
+            )
         kwargs.setdefault("local_files_only", True)
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
@@ -213,7 +225,8 @@ class AnomalyDetectionPipeline(DiffusionPipeline):
         statistics come from, since images a Gaussian was fitted on lie closer to it than unseen ones).
         With `feature_head_weight` > 0 the feature head is trained next, on the same images and
         synthetic defects made on them, for `feature_head_steps` (seeded by `generator`'s initial seed).
-        The fitting itself lives in `diffad.scoring.fitting`."""
+        Gaussians or a head already fitted (a trained folder) are kept unless `gaussian_images` is given:
+        only the statistics are taken again. The fitting itself lives in `diffad.scoring.fitting`."""
         return fitting.calibrate(
             self, good_images, generator, mode, batch_size, gaussian_images, feature_head_steps
         )

@@ -63,3 +63,39 @@ def test_benchmark_commands_parse(line):
 def test_pictures_exist():
     for picture in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", README):
         assert (ROOT / picture).is_file(), picture
+
+
+def test_python_example_defines_every_name_it_uses():
+    import ast
+    import builtins
+
+    (code,) = re.findall(r"```python\n(.*?)```", README, flags=re.S)
+    tree = ast.parse(code)
+    defined = set(dir(builtins))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            defined.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            defined.add(node.id)
+        elif isinstance(node, ast.comprehension):
+            defined.update(n.id for n in ast.walk(node.target) if isinstance(n, ast.Name))
+    used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+    assert used <= defined, used - defined
+
+
+def test_what_a_user_reads_points_at_nothing_they_lack():
+    texts = {"README.md": README}
+    for folder in ("benchmarks", "docs", "scripts"):
+        texts.update({str(p.relative_to(ROOT)): p.read_text() for p in (ROOT / folder).rglob("*.py")})
+    texts.update({str(p.relative_to(ROOT)): p.read_text() for p in (ROOT / "docs").glob("*.md")})
+    for name, text in texts.items():
+        for words in ("/work/", "shared/data", "closing note"):  # the development machines, the tracker
+            assert words not in text, f"{name} mentions {words}"
+    for doc in re.findall(r"\b((?:docs/)?[A-Z]+\.md)\b", README):
+        assert (ROOT / doc).is_file(), doc
+
+
+def test_readme_says_what_the_score_is_and_where_detect_writes():
+    assert "(max of the map)" not in README
+    assert "maximum of the anomaly map at the pipeline's working resolution" in README
+    assert "writes `maps/my_images/a/b.png`" in README

@@ -204,3 +204,31 @@ def test_chromium_renders_the_table_and_the_panels(written, tmp_path):
     blue = (pixels[..., 2] > 150) & (pixels[..., 0] < 60) & (pixels[..., 1] < 60)
     black = (pixels.sum(-1) == 0).sum()
     assert blue.sum() > 2000 and black > 2000
+
+
+def test_a_test_split_of_good_images_only_says_there_are_no_defects(tmp_path, monkeypatch):
+    from diffad.report import figures
+
+    r = synthetic("widget", 4, n=6)
+    good = [i for i in range(6) if r.labels[i] == 0]
+    r = CategoryResults(
+        r.category, [r.paths[i] for i in good], r.labels[good], [r.defect_types[i] for i in good],
+        r.scores[good], [r.maps[i] for i in good], None, [r.inputs[i] for i in good],
+    )  # fmt: skip
+    legends = []
+    real_curves = figures.curves_png
+    monkeypatch.setattr(figures, "curves_png", lambda *a, **k: legends.append(a[3]) or real_curves(*a, **k))
+    with pytest.warns(UserWarning):  # AUROC and the rest are undefined
+        write_outputs(tmp_path, [r], {})
+    page = (tmp_path / "report.html").read_text()
+    assert "threshold nan" not in page and "no defective images in this test split" in page
+    assert figures._label("AUROC", legends[0]) is None  # no curve drawn with an empty legend
+
+
+def test_case_captions_give_the_folder_and_every_score_three_decimals(written):
+    out, results, _ = written
+    page = (out / "report.html").read_text()
+    captions = re.findall(r"score (-?\d+\.\d+) · ([^<]+)<", page)
+    assert captions and all(len(score.split(".")[1]) == 3 for score, _ in captions)
+    assert all(re.fullmatch(r"(good|crack|hole)/\d{3}\.png", name) for _, name in captions), captions
+    assert re.search(r"threshold -?\d+\.\d{3};", page)

@@ -71,8 +71,14 @@ def test_scorer_calibration_statistics_match_numpy():
 
     scorer.set_calibration("per_pixel", {"ssim": moments})
     floor = 0.1 * maps.std()
-    np.testing.assert_allclose(scorer.calibration_mean[row].numpy(), maps.mean(0), rtol=1e-5)
-    expected_std = np.sqrt(maps.var(0) + floor**2)
+    # Each pixel's statistics are those of a mixture: 5 images of its own, 16 of the global ones.
+    share = 5 / (5 + 16)
+    mean = share * maps.mean(0) + (1 - share) * maps.mean()
+    var = share * (maps.var(0) + (maps.mean(0) - mean) ** 2) + (1 - share) * (
+        maps.var() + (maps.mean() - mean) ** 2
+    )
+    np.testing.assert_allclose(scorer.calibration_mean[row].numpy(), mean, rtol=1e-5)
+    expected_std = np.sqrt(var + floor**2)
     np.testing.assert_allclose(scorer.calibration_std[row].numpy(), expected_std, rtol=1e-5)
     assert scorer.config.calibration == "per_pixel"
     assert scorer.calibration_std[RESIDUALS.index("pixel")].eq(1).all()  # not calibrated: unchanged

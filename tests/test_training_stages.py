@@ -153,10 +153,19 @@ def test_diffad_fit_runs_both_stages_then_refuses_or_resumes(data, tmp_path, cap
         ["--feature_dim", "-1"],
         ["--select_images", "-2"],
         ["--feature_head_steps", "-1"],
+        ["--vae_steps", "0"],  # once fell back silently to 3000 steps
+        ["--unet_steps", "-1"],
+        ["--resolution", "4"],  # the floor of detect, evaluate and synthesize
+        ["--max_minutes", "nan"],
     ):
         assert main(argv + bad) == 2 and bad[0] in capsys.readouterr().err
     assert not out.exists()  # refused before anything was written
     assert main(argv) == 0
+    printed = capsys.readouterr()
+    assert (
+        "plan: stage 1 (autoencoder): 2 steps, no time limit; stage 2 (UNet): 2 steps, no time limit; calibration"
+        in printed.out
+    )
     assert (out / "model_index.json").is_file() and (out / "autoencoder" / "config.json").is_file()
     summary = json.loads((out / "fit_summary.json").read_text())
     assert [s["stage"] for s in summary["stages"]] == ["vae", "unet", "calibration"]
@@ -166,7 +175,7 @@ def test_diffad_fit_runs_both_stages_then_refuses_or_resumes(data, tmp_path, cap
     assert scorer["num_inference_steps"] == 2
     if scorer["feature_gaussian_channels"]:  # features installed: the head was trained with them
         assert scorer["feature_head_channels"] == scorer["feature_gaussian_channels"]
-        assert "feature head: training" in capsys.readouterr().err  # the calibration shows its bars
+        assert "feature head: training" in printed.err  # the calibration shows its bars
     if (out / "selection.json").is_file():  # enough good images were left to choose on
         chosen = json.loads((out / "selection.json").read_text())["chosen"]
         assert all(scorer[f"{k}_weight"] == v for k, v in chosen["weights"].items())
@@ -175,6 +184,31 @@ def test_diffad_fit_runs_both_stages_then_refuses_or_resumes(data, tmp_path, cap
     assert "--resume" in capsys.readouterr().err
     assert main(argv + ["--resume"]) == 0
     assert "stage 1 already done" in capsys.readouterr().out
+
+
+def test_fit_plan_keeps_a_time_budget_for_a_stage_given_no_steps(data, tmp_path):
+    from diffad.training import fit
+
+    def plan(*extra):
+        args = fit.add_fit_args(argparse.ArgumentParser()).parse_args(
+            ["--data", str(data), "--output_dir", str(tmp_path / "p"), *extra]
+        )
+        return fit.stage_plan(args)
+
+    # Steps for stage 1 only: stage 2 once lost the time budget and ran 6000 steps (hours).
+    vae, unet = plan("--vae_steps", "2").values()
+    assert (vae["steps"], vae["minutes"]) == (2, None)
+    assert unet["steps"] == fit.DEFAULT_UNET_STEPS
+    assert unet["minutes"] == pytest.approx(fit.DEFAULT_MINUTES * fit.MARGIN * (1 - fit.VAE_SHARE))
+    vae, unet = plan("--unet_steps", "3").values()
+    assert vae["minutes"] == pytest.approx(fit.DEFAULT_MINUTES * fit.MARGIN * fit.VAE_SHARE)
+    assert unet["minutes"] is None
+    # A budget given applies to every stage, steps or not; no settings at all: the default budget.
+    for extra, minutes in ((("--vae_steps", "2", "--max_minutes", "10"), 10.0), ((), fit.DEFAULT_MINUTES)):
+        vae, unet = plan(*extra).values()
+        assert vae["shared"] and unet["minutes"] == pytest.approx(minutes * fit.MARGIN)
+    text = fit.describe_plan(plan("--vae_steps", "2"))
+    assert "2 steps, no time limit" in text and "13.5 minutes" in text
 
 
 def test_fit_method_padim_writes_the_reference_detector(data, tmp_path):

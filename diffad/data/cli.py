@@ -34,7 +34,7 @@ def run_summary(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         samples = load_samples(args.path, args.category, defects=args.defects, masks=args.masks)
-    summaries, problems = summarize(samples)
+        summaries, problems = summarize(samples)
     print(format_summary(f"{args.path}: {FORMATS[kind]}, {len(samples)} images", summaries))
     if kind == "elpv":
         from diffad.data.elpv import note

@@ -38,6 +38,73 @@ def open_image(path: str | Path, what: str = "image") -> Image.Image:
         raise DataError(f"{what} {path} is truncated or corrupt ({err}); replace it") from err
 
 
+# Below this side, or beyond this ratio of the sides, an image resized to a square working size loses
+# what it shows: a 1x1 image becomes one flat colour, a 2000x10 strip is squashed 200 times.
+MIN_SIDE = 8
+MAX_ASPECT = 8.0
+SHOWN = 5  # files a message names before it gives the count of the rest
+
+
+def size_warning(path: str | Path, width: int, height: int) -> str | None:
+    """Why an image of this size will detect poorly once resized to a square, or None."""
+    if min(width, height) < MIN_SIDE:
+        return f"image {path} is {width}x{height}, under {MIN_SIDE} px on a side: too small to show a defect"
+    if max(width, height) / min(width, height) > MAX_ASPECT:
+        return (
+            f"image {path} is {width}x{height}: resized to a square working size it is squashed "
+            f"{max(width, height) / min(width, height):.0f} times; crop it into squarer tiles"
+        )
+    return None
+
+
+def listed(messages: list[str], one: str, many: str) -> str:
+    """The count, what they are (`one` or `many`), the first few `messages` and how many more, in one line."""
+    shown = "; ".join(messages[:SHOWN])
+    more = f"; and {len(messages) - SHOWN} more" if len(messages) > SHOWN else ""
+    return f"{len(messages)} {one if len(messages) == 1 else many}: {shown}{more}"
+
+
+def check_images(paths: list[str | Path]) -> list[str]:
+    """Reads every image's header and checks its structure (cheap, no decoding): raises one DataError
+    that names every broken file (the first few and the count), and returns a warning per image whose
+    size will detect poorly (see `size_warning`)."""
+    broken, warnings = [], []
+    for path in paths:
+        try:
+            with Image.open(path) as img:
+                width, height = img.size
+                img.verify()
+        except FileNotFoundError:
+            broken.append(f"{path} does not exist")
+            continue
+        except UnidentifiedImageError:
+            broken.append(f"{path} is not an image Pillow can read")
+            continue
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+            broken.append(f"{path} is truncated or corrupt ({err})")
+            continue
+        warning = size_warning(path, width, height)
+        if warning:
+            warnings.append(warning)
+    if broken:
+        raise DataError(
+            listed(broken, "image cannot be read", "images cannot be read") + "; replace or remove them"
+        )
+    return warnings
+
+
+def mask_is_empty(path: str | Path) -> bool:
+    """Whether a mask has no defective pixel (the rule of `mask_to_tensor`: any non-zero value)."""
+    arr = np.asarray(open_image(path, what="mask"))
+    return not bool((arr[..., :3] if arr.ndim == 3 else arr).any())
+
+
+def check_finite(tensor: torch.Tensor, path: str | Path) -> torch.Tensor:
+    if not torch.isfinite(tensor).all():
+        raise DataError(f"image {path} holds NaN or infinite pixel values; replace it with a finite image")
+    return tensor
+
+
 def _target_size(size: Size) -> tuple[int, int] | None:
     if size is None:
         return None
@@ -96,7 +163,7 @@ def load_image(path: str | Path, channels: int = 3, size: Size = None) -> torch.
 
     `size` is None (keep the file's size), an int (square) or (height, width).
     """
-    return image_to_tensor(open_image(path), channels, size)
+    return check_finite(image_to_tensor(open_image(path), channels, size), path)
 
 
 def load_mask(path: str | Path, size: Size = None) -> torch.Tensor:
@@ -111,11 +178,11 @@ def load_pair(
     img = open_image(image_path)
     if mask_path is None:
         h, w = _target_size(size) or (img.height, img.width)
-        return image_to_tensor(img, channels, size), torch.zeros(1, h, w)
+        return check_finite(image_to_tensor(img, channels, size), image_path), torch.zeros(1, h, w)
     mask = open_image(mask_path, what="mask")
     if mask.size != img.size:
         raise DataError(
             f"mask {mask_path} is {mask.width}x{mask.height} but its image {image_path} is "
             f"{img.width}x{img.height}; masks must match their image pixel for pixel"
         )
-    return image_to_tensor(img, channels, size), mask_to_tensor(mask, size)
+    return check_finite(image_to_tensor(img, channels, size), image_path), mask_to_tensor(mask, size)

@@ -1,6 +1,6 @@
 """MVTec AD layout: `<cat>/train/good`, `<cat>/test/<defect>`, `<cat>/ground_truth/<defect>/<stem>_mask.png`.
 
-Many other sets ship in this layout too (BTAD, MPDD, the DAGM conversion in shared/data), so
+Many other sets ship in this layout too (BTAD, MPDD, DAGM as docs/DATASETS.md lays it out), so
 masks named `<stem>.png` are accepted as well as MVTec's `<stem>_mask.png`.
 """
 

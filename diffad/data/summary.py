@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -9,7 +10,8 @@ from dataclasses import dataclass, field
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from diffad.data.samples import Sample
+from diffad.data.images import listed, mask_is_empty, size_warning
+from diffad.data.samples import DataWarning, Sample
 
 
 @dataclass
@@ -38,9 +40,12 @@ def _header(path: str, what: str) -> tuple[tuple[int, int] | None, str | None, s
 
 
 def summarize(samples: Sequence[Sample]) -> tuple[list[CategorySummary], list[str]]:
-    """Per-category summaries (in order of appearance) and a list of problems found, each naming files."""
+    """Per-category summaries (in order of appearance) and a list of problems found, each naming files.
+    Images of sizes that detect poorly and defect masks with no defective pixel are DataWarnings."""
     summaries: dict[str, CategorySummary] = {}
     problems: list[str] = []
+    odd_sizes: list[str] = []
+    empty_masks: list[str] = []
     for s in tqdm(samples, desc="checking images", unit="img", disable=None, leave=False):
         summary = summaries.setdefault(s.category, CategorySummary(s.category))
         key = (s.split, s.defect_type)
@@ -50,6 +55,8 @@ def summarize(samples: Sequence[Sample]) -> tuple[list[CategorySummary], list[st
             problems.append(problem)
             continue
         summary.sizes[f"{size[0]}x{size[1]}"] += 1
+        if warning := size_warning(s.image_path, *size):
+            odd_sizes.append(warning)
         summary.modes[mode] += 1
         if s.mask_path is None:
             continue
@@ -64,6 +71,21 @@ def summarize(samples: Sequence[Sample]) -> tuple[list[CategorySummary], list[st
             )
         else:
             summary.mask_modes[mask_mode] += 1
+            if s.label == 1 and mask_is_empty(s.mask_path):
+                empty_masks.append(f"{s.mask_path} (of {s.image_path})")
+    if odd_sizes:
+        warnings.warn(
+            listed(odd_sizes, "image of a size that detects poorly", "images of sizes that detect poorly"),
+            DataWarning,
+            stacklevel=2,
+        )
+    if empty_masks:
+        warnings.warn(
+            listed(empty_masks, "defect mask with no defective pixel", "defect masks with no defective pixel")
+            + ": those images count for the image metrics only; fix the masks or move the images to good",
+            DataWarning,
+            stacklevel=2,
+        )
     return list(summaries.values()), problems
 
 

@@ -32,7 +32,9 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--resolution", type=int, help="side the images and masks are resized to (default: the detector's)"
     )
-    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument(
+        "--batch_size", type=int, default=8, help="images per forward pass (lower it if memory runs out)"
+    )
     parser.add_argument("--limit", type=int, help="at most N test images per category, evenly spread")
     parser.add_argument("--seed", type=int, default=0, help="seed of the detector's noise")
     parser.add_argument(

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import json
 import os
 import platform
 import time
-from collections.abc import Callable
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from diffad.detectors import LOADERS, load_detector
 from diffad.errors import ConfigError, DataError, OutputExistsError
 from diffad.files import atomic_write
 from diffad.report.results import CategoryResults
@@ -29,62 +30,6 @@ if TYPE_CHECKING:
 
 MARKER = ".diffad-evaluate"  # written first into OUT, so a rerun knows the folder is its own
 DEFAULT_RESOLUTION = 256
-
-
-def _load_pipeline(folder: Path):
-    from diffad.pipelines.pipeline_anomaly_detection import AnomalyDetectionPipeline
-
-    try:
-        pipe = AnomalyDetectionPipeline.from_pretrained(folder, local_files_only=True)
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"cannot load the pipeline in {folder}: {err}") from err
-    pipe.set_progress_bar_config(disable=True)  # evaluate shows its own progress over images
-    return pipe
-
-
-def _load_baseline(folder: Path):
-    import diffad.baselines
-
-    config_file = folder / "detector_config.json"
-    try:
-        name = json.loads(config_file.read_text()).get("class")
-    except (OSError, ValueError, AttributeError) as err:
-        raise ConfigError(f"cannot read {config_file}: {err}; refit the detector") from err
-    cls = getattr(diffad.baselines, name, None) if isinstance(name, str) else None
-    if not (inspect.isclass(cls) and hasattr(cls, "from_pretrained")):
-        known = [
-            n for n in diffad.baselines.__all__ if hasattr(getattr(diffad.baselines, n), "from_pretrained")
-        ]
-        raise ConfigError(
-            f"{config_file} names class {name!r}, which is not one of diffad.baselines' {known}"
-        )
-    return cls.from_pretrained(folder)
-
-
-# The file that marks each kind of saved detector, and how to load it. Add a kind here.
-LOADERS: dict[str, Callable[[Path], Any]] = {
-    "model_index.json": _load_pipeline,
-    "detector_config.json": _load_baseline,
-}
-
-
-def load_detector(model_dir: str | os.PathLike, device: str | None = None):
-    """The detector saved in `model_dir`, on `device` (default: cuda if available, else cpu)."""
-    folder = Path(model_dir)
-    if not folder.is_dir():
-        raise ConfigError(f"model folder {folder} does not exist; pass --model a saved pipeline or detector")
-    for marker, loader in LOADERS.items():
-        if (folder / marker).is_file():
-            detector = loader(folder)
-            break
-    else:
-        raise ConfigError(
-            f"{folder} holds none of {', '.join(LOADERS)}: pass a folder written by "
-            "AnomalyDetectionPipeline.save_pretrained or a baseline's save_pretrained"
-        )
-    import torch
-
-    return detector.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def detector_resolution(detector) -> int:
@@ -143,6 +88,22 @@ def prepare_output_dir(output_dir: str | os.PathLike, overwrite: bool) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / MARKER, "written by diffad evaluate; its reruns may replace the outputs here\n")
     return out
+
+
+@contextmanager
+def output_folder(output_dir: str | os.PathLike, overwrite: bool):
+    """`prepare_output_dir`'s folder; if the run fails, a folder it made holding only the marker goes."""
+    out = Path(output_dir)
+    fresh = not out.exists() or (out.is_dir() and not any(out.iterdir()))
+    out = prepare_output_dir(out, overwrite)
+    try:
+        yield out
+    except BaseException:
+        marker_only = (out / MARKER).is_file() and [p.name for p in out.iterdir()] == [MARKER]
+        if fresh and marker_only:
+            (out / MARKER).unlink()
+            out.rmdir()
+        raise
 
 
 def image_generator(seed: int, sample) -> torch.Generator:
@@ -229,6 +190,23 @@ def run_category(
             if output.reconstructions is not None:
                 reconstructions += [to_rgb8(np.asarray(r)) for r in output.reconstructions]
             bar.update(len(items))
+    empty = [s.mask_path for s, m in zip(samples, masks) if s.label == 1 and s.mask_path and not m.any()]
+    if empty:
+        from diffad.data import DataWarning
+        from diffad.data.images import listed
+
+        warnings.warn(
+            listed(
+                empty,
+                *(
+                    f"defect {m} with no defective pixel at {resolution} px ({category})"
+                    for m in ("mask", "masks")
+                ),
+            )
+            + ": those images count for the image metrics only; fix the masks (or use a larger --resolution)",
+            DataWarning,
+            stacklevel=2,
+        )
     recon: list | dict | None = reconstructions or None
     if recon is None and "output_reconstructions" in inspect.signature(detector.__call__).parameters:
         labels = np.array([s.label for s in samples])
@@ -269,7 +247,8 @@ def evaluate(
     import torch
 
     from diffad import __version__
-    from diffad.data import load_samples
+    from diffad.data import DataWarning, load_samples
+    from diffad.data.images import check_images, listed
     from diffad.metrics import AUPRO_MODES
     from diffad.report.outputs import write_outputs
 
@@ -279,32 +258,45 @@ def evaluate(
         raise ConfigError(f"--aupro must be one of {AUPRO_MODES}, got {aupro!r}")
     if resolution is not None and resolution < 8:
         raise ConfigError(f"--resolution must be at least 8, got {resolution}")
+    if num_cases < 0:
+        raise ConfigError(f"--cases must be 0 or more (best and worst cases shown), got {num_cases}")
     model_dir = Path(model)
     samples = load_samples(data, category=category, split="test")
     if not samples:
         raise DataError(f"{data} has no test images" + (f" in category {category!r}" if category else ""))
-    out = prepare_output_dir(output_dir, overwrite)
-    loaded: dict[Path, Any] = {}
-    results, detectors = [], {}
-    for name in sorted({s.category for s in samples}):
-        folder = model_for_category(model_dir, name)
-        if folder not in loaded:
-            loaded[folder] = load_detector(folder, device)
-        detector = loaded[folder]
-        size = resolution or detector_resolution(detector)
-        chosen = spread([s for s in samples if s.category == name], limit)
-        results.append(run_category(detector, name, chosen, size, batch_size, seed, progress, num_cases))
-        detectors[name] = {**detector_settings(detector, folder), "resolution": size}
-    settings = {
-        "data": str(data) if str(data) == "elpv" else str(Path(data).resolve()),
-        "category": category,
-        "split": "test",
-        "limit": limit,
-        "batch_size": batch_size,
-        "seed": seed,
-        "device": str(next(iter(loaded.values())).device),
-        "detectors": detectors,
-        "versions": {"diffad": __version__, "torch": torch.__version__, "python": platform.python_version()},
-    }
-    facts = [f"model: {model_dir.resolve()}", f"data: {settings['data']}"]
-    return write_outputs(out, results, settings, aupro=aupro, num_cases=num_cases, facts=facts)
+    odd = check_images([s.image_path for s in samples])  # every broken file named, before any work
+    if odd:
+        warnings.warn(
+            listed(odd, "image of a size that detects poorly", "images of sizes that detect poorly"),
+            DataWarning,
+            stacklevel=2,
+        )
+    with output_folder(output_dir, overwrite) as out:
+        loaded: dict[Path, Any] = {}
+        results, detectors = [], {}
+        for name in sorted({s.category for s in samples}):
+            folder = model_for_category(model_dir, name)
+            if folder not in loaded:
+                loaded[folder] = load_detector(folder, device)
+            detector = loaded[folder]
+            size = resolution or detector_resolution(detector)
+            chosen = spread([s for s in samples if s.category == name], limit)
+            results.append(run_category(detector, name, chosen, size, batch_size, seed, progress, num_cases))
+            detectors[name] = {**detector_settings(detector, folder), "resolution": size}
+        settings = {
+            "data": str(data) if str(data) == "elpv" else str(Path(data).resolve()),
+            "category": category,
+            "split": "test",
+            "limit": limit,
+            "batch_size": batch_size,
+            "seed": seed,
+            "device": str(next(iter(loaded.values())).device),
+            "detectors": detectors,
+            "versions": {
+                "diffad": __version__,
+                "torch": torch.__version__,
+                "python": platform.python_version(),
+            },
+        }
+        facts = [f"model: {model_dir.resolve()}", f"data: {settings['data']}"]
+        return write_outputs(out, results, settings, aupro=aupro, num_cases=num_cases, facts=facts)

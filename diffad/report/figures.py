@@ -30,8 +30,9 @@ def _png(figure) -> bytes:
     return buffer.getvalue()
 
 
-def _label(name: str, value: float | None) -> str:
-    return name if value is None or not np.isfinite(value) else f"{name} = {100 * value:.1f}"
+def _label(name: str, value: float | None) -> str | None:
+    """The legend of a curve, or None when its metric is undefined (the curve is not drawn)."""
+    return None if value is None or not np.isfinite(value) else f"{name} = {100 * value:.1f}"
 
 
 def curves_png(
@@ -85,6 +86,16 @@ def curves_png(
         ax.grid(alpha=0.3)
         if curve is None:
             ax.text(0.5 * xmax, 0.5, "no masks", ha="center", va="center", color="grey")
+            continue
+        if legend is None:  # one class only: a curve of nothing against nothing
+            ax.text(
+                0.5 * xmax,
+                0.5,
+                "undefined: needs good\nand defective images",
+                ha="center",
+                va="center",
+                color="grey",
+            )
             continue
         ax.plot(curve[0], curve[1], color="tab:blue", lw=1.5, label=legend)
         if xmax == 1.0:

@@ -70,6 +70,17 @@ def scores_csv(results: list[CategoryResults]) -> str:
     return buffer.getvalue()
 
 
+def format_score(value: float) -> str:
+    """Every score and threshold in the report in one format: three decimals (21.610, -0.290, 0.036)."""
+    return f"{float(value):.3f}"
+
+
+def shown_path(path: str) -> str:
+    """A file with its folder: sets of synthetic and real defects reuse names like 0000.png."""
+    parts = Path(path).parts
+    return "/".join(parts[-2:])
+
+
 def _tiles(results: CategoryResults, index: int, colour_range: tuple[float, float]) -> list[bytes]:
     image = to_rgb8(results.inputs[index]) if results.inputs is not None else None
     amap = results.maps[index]
@@ -97,10 +108,16 @@ def _section(results: CategoryResults, summary: CategorySummary, num_cases: int)
     best, worst = select_cases(results, summary.threshold, num_cases)
 
     def case(i: int) -> Case:
-        caption = f"{results.defect_types[i]} · score {results.scores[i]:.4g} · {os.path.basename(results.paths[i])}"
+        caption = f"{results.defect_types[i]} · score {format_score(results.scores[i])} · {shown_path(results.paths[i])}"
         return Case(caption=caption, tiles=_tiles(results, i, summary.colour_range))
 
     m = summary.metrics
+    defects = int((results.labels == 1).sum())
+    if defects and defects < len(results.labels):
+        judged = f"F1-best image threshold {format_score(summary.threshold)}"
+    else:  # one class only: no threshold, and no ROC to draw
+        judged = "no defective images" if not defects else "no good images"
+        judged += " in this test split, so no threshold, ROC or AUROC"
     return Section(
         category=summary.category,
         per_defect=summary.per_defect,
@@ -112,8 +129,8 @@ def _section(results: CategoryResults, summary: CategorySummary, num_cases: int)
         best=[case(i) for i in best],
         worst=[case(i) for i in worst],
         note=(
-            f"{summary.num_images} test images; F1-best image threshold {summary.threshold:.4g}; "
-            f"map colours span {summary.colour_range[0]:.3g} (blue) to {summary.colour_range[1]:.3g} (red). "
+            f"{summary.num_images} test images; {judged}; map colours span "
+            f"{format_score(summary.colour_range[0])} (blue) to {format_score(summary.colour_range[1])} (red). "
             "Best: judged right by the widest margin; worst: wrong (or nearest to wrong) by the widest."
         ),
     )

@@ -1,18 +1,26 @@
-"""`diffad detect`: anomaly maps, overlays and scores for image files or folders, from a saved pipeline.
+"""`diffad detect`: anomaly maps, overlays and scores for image files or folders, from any folder
+`diffad fit` writes (a saved pipeline, or a PaDiM / PatchCore detector).
 
-Outputs under --output_dir, for an input `a/b.png` (a file) or `<folder>/sub/b.png` (in a folder given):
+Outputs under --output_dir. <name> is the file's stem for an image given as a file (`a/b.png` -> `b`),
+and <folder>/<path inside it> for the images of a folder given (`shots/` holding `sub/b.png` ->
+`shots/sub/b`):
 - `maps/<name>.png`: the anomaly map at the image's size as a 16-bit grayscale PNG, scaled per image
   from [map_min, map_max] to [0, 65535]; `map = map_min + png / 65535 * (map_max - map_min)`.
 - `overlays/<name>.png`: the image with the map in colour ("jet") over it, the colours spanning
   [overlay_min, overlay_max]: 0 to --overlay_max (z-scores) for a calibrated pipeline, else per image.
-- `scores.csv`: image, score, map_min, map_max, overlay_min, overlay_max, map_png, overlay_png.
+- `scores.csv`: image, score, map_min, map_max, overlay_min, overlay_max, map_png, overlay_png. The
+  score is the maximum of the map at the detector's working resolution, before the map is resized to
+  the image's size, so map_max can differ from it slightly (see README, "Using a pipeline").
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import inspect
 import io
+import math
+import sys
 from pathlib import Path
 
 from diffad.errors import ConfigError, DataError, OutputExistsError
@@ -28,20 +36,24 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--model", required=True, help="a folder written by AnomalyDetectionPipeline.save_pretrained"
+        "--model",
+        required=True,
+        help="a folder written by diffad fit (any --method) or AnomalyDetectionPipeline.save_pretrained",
     )
     parser.add_argument(
         "--input", required=True, nargs="+", help="image files and/or folders (searched recursively)"
     )
     parser.add_argument("--output_dir", required=True, help="where maps/, overlays/ and scores.csv go")
-    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument(
+        "--batch_size", type=int, default=8, help="images per forward pass (lower it if memory runs out)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the noise (same seed, same maps)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument(
         "--overlay_max",
         type=float,
         default=5.0,
-        help="top of the overlay colour range for a calibrated pipeline",
+        help="top of the overlay colour range (a z-score, above 0) for a calibrated pipeline",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace outputs of an earlier run")
     parser.set_defaults(func=run)
@@ -92,35 +104,30 @@ def _png16(array) -> bytes:
     return buffer.getvalue()
 
 
-def _load_pipeline(model: str, device: str | None):
-    import torch
-
-    from diffad.pipelines.pipeline_anomaly_detection import AnomalyDetectionPipeline
-
-    if not (Path(model) / "model_index.json").is_file():
-        raise ConfigError(
-            f"{model} is not a saved pipeline (no model_index.json); give a save_pretrained folder"
-        )
-    try:
-        pipe = AnomalyDetectionPipeline.from_pretrained(model, local_files_only=True)
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"cannot load the pipeline in {model}: {err}") from err
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
-
-
 def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from diffad.data.images import image_to_tensor, open_image
+    from diffad.data.images import check_images, listed, load_image
+    from diffad.detectors import detector_marker, load_detector, resolve_device
     from diffad.files import atomic_write
     from diffad.report.panels import overlay, png_bytes
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch_size must be at least 1, got {args.batch_size}")
+    if not (math.isfinite(args.overlay_max) and args.overlay_max > 0):
+        raise ConfigError(
+            f"--overlay_max must be a number above 0 (a z-score such as 5), not {args.overlay_max}"
+        )
+    detector_marker(args.model)  # a wrong folder is named before the images are read
+    resolve_device(args.device)
     inputs = find_inputs(args.input)
+    odd = check_images([path for path, _ in inputs])  # every broken file named before any work
+    if odd:
+        print(
+            f"diffad detect: warning: {listed(odd, 'image of a size that detects poorly', 'images of sizes that detect poorly')}",
+            file=sys.stderr,
+        )
     out = Path(args.output_dir)
     targets = [out / "scores.csv"]
     targets += [out / sub / f"{name}.png" for _, name in inputs for sub in ("maps", "overlays")]
@@ -130,15 +137,19 @@ def run(args: argparse.Namespace) -> int:
             f"{existing[0]} exists ({len(existing)} outputs of an earlier run in {out}); "
             "pass --overwrite to replace them or choose another --output_dir"
         )
-    pipe = _load_pipeline(args.model, args.device)
-    calibrated = pipe.scorer.config.calibration != "none"
-    generator = torch.Generator().manual_seed(args.seed)
+    pipe = load_detector(args.model, args.device)
+    scorer = getattr(pipe, "scorer", None)  # a reference detector has none, and is not calibrated
+    calibrated = scorer is not None and scorer.config.calibration != "none"
+    channels = int(getattr(pipe, "image_channels", 3))
+    options = {"batch_size": args.batch_size, "output_type": "pt"}
+    if "generator" in inspect.signature(pipe.__call__).parameters:
+        options["generator"] = torch.Generator().manual_seed(args.seed)
     rows = []
     with tqdm(total=len(inputs), desc="detect", unit="image") as bar:
         for start in range(0, len(inputs), args.batch_size):
             chunk = inputs[start : start + args.batch_size]
-            images = [image_to_tensor(open_image(path), pipe.image_channels) for path, _ in chunk]
-            result = pipe(images, generator=generator, output_type="pt", batch_size=args.batch_size)
+            images = [load_image(path, channels) for path, _ in chunk]
+            result = pipe(images, **options)
             for (path, name), image, anomaly_map, score in zip(
                 chunk, images, result.anomaly_maps, result.anomaly_scores
             ):

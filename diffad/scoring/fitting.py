@@ -124,6 +124,11 @@ def calibrate(
     features = pipe.feature_extractor is not None
     gaussians = features and pipe.scorer.weight("feature_gaussian") > 0
     head = features and pipe.scorer.weight("feature_head") > 0
+    if gaussian_images is None:
+        # Statistics taken on the images just fitted are far too small: recalibrating the shipped
+        # model on 8 cells refitted its Gaussians on them and every later score became ~1e6.
+        gaussians = gaussians and not pipe.scorer.has_feature_gaussian
+        head = head and not pipe.scorer.has_feature_head
     embedded = None
     if gaussians and head:  # both fit on the same images: extract their features once
         embedded = embeddings(pipe, to_tensor_list(fit_images, pipe.image_channels), batch_size)

@@ -107,9 +107,10 @@ def to_tensor_list(image, channels: int) -> list[torch.Tensor]:
     for index, item in enumerate(items):
         what = f"image {index}"
         if isinstance(item, str | os.PathLike):
-            item = open_image(item)
+            what, item = f"image {item}", open_image(item)
         if isinstance(item, PIL.Image.Image):
             found = [image_to_tensor(item, channels)]
+            _check_finite(found[0], what)  # a float ("F") image can hold NaN
         elif isinstance(item, np.ndarray):
             found = _channels_last_to_tensors(_numpy_to_unit(item), what)
         elif torch.is_tensor(item):

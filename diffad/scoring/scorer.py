@@ -363,6 +363,11 @@ class AnomalyScorer(ModelMixin, ConfigMixin):
         Residuals missing from `moments` keep mean 0 and std 1.
         """
         check_choice("calibration mode", mode, CALIBRATIONS)
+        # Per-pixel statistics of a few images are noise: a pixel where the 8 good images happened
+        # to agree gets a tiny std and turns any later image into a huge z-score. Each pixel's mean
+        # and variance are shrunk towards the global ones as if `prior` images had shown the global
+        # statistics there: with 8 images that is two thirds global, with 500 it is 97% per pixel.
+        prior = 16
         # One row per residual, then one per fitted map (each kept in a buffer of its own).
         order = [*RESIDUALS, *FITTED_MAPS, *LATENT_RESIDUALS]
         rows = len(order)
@@ -380,7 +385,13 @@ class AnomalyScorer(ModelMixin, ConfigMixin):
             global_std = global_var.sqrt().clamp_min(1e-6)
             if mode == "per_pixel":
                 floor = float(self.config.calibration_std_floor) * global_std
-                mean[row] = pixel_mean.float()
+                share = count / (count + prior)
+                pixel_mean_shrunk = share * pixel_mean + (1 - share) * global_mean
+                # The variance about the shrunk mean: the per-pixel spread plus the mean's shift.
+                pixel_var = share * (pixel_var + (pixel_mean - pixel_mean_shrunk) ** 2) + (1 - share) * (
+                    global_var + (global_mean - pixel_mean_shrunk) ** 2
+                )
+                mean[row] = pixel_mean_shrunk.float()
                 std[row] = (pixel_var + floor**2).sqrt().clamp_min(1e-6).float()
             elif mode == "global":
                 mean[row] = global_mean.float()

@@ -9,6 +9,18 @@ from pathlib import Path
 METHODS = ("draem", "smooth", "cutpaste", "cutpaste_scar", "scratch", "spots", "crack", "diffusion", "mix")
 
 
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Adds "(default: X)" where it tells something: not on required options, not for None or a
+    flag's False, and not when the help already says its default."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        unsaid = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if action.required or unsaid or "default" in text:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "synthesize",
@@ -19,7 +31,7 @@ def register(subparsers) -> None:
             "OUT/ground_truth/<method>/<name>_mask.png and OUT/manifest.json. The same command gives the "
             "same bytes; rerun it after an interruption to finish the set."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsFormatter,
     )
     parser.add_argument(
         "--input", required=True, help="folder of good images (or an MVTec category: its train/good)"
@@ -41,7 +53,8 @@ def register(subparsers) -> None:
         "--test_fraction",
         type=float,
         default=0.2,
-        help="share of the good images held back for test/good and as defect sources",
+        help="share of the good images held back for test/good and as defect sources, above 0 and below 1 "
+        "(every defect is made on a held-back image, never on one of train/good)",
     )
     parser.add_argument(
         "--textures", default=None, help="folder of texture images for 'draem' fills (e.g. DTD)"
@@ -101,11 +114,15 @@ def _absolute(path: str | None) -> str | None:
 def run(args) -> int:
     import torch
 
+    from diffad.detectors import resolve_device
     from diffad.errors import ConfigError
     from diffad.synthesis.dataset_writer import Settings, synthesize_dataset
 
-    if not 0 <= args.test_fraction < 1:
-        raise ConfigError(f"--test_fraction must be in [0, 1), not {args.test_fraction}")
+    if not 0 < args.test_fraction < 1:
+        raise ConfigError(
+            f"--test_fraction must be in (0, 1), not {args.test_fraction}: the defects are made on the "
+            "held-back good images, so that no detector trained on train/good is tested on an image it saw"
+        )
     if not 0 < args.strength <= 1:
         raise ConfigError(f"--strength must be in (0, 1], not {args.strength}")
     if args.resolution is not None and args.resolution < 8:
@@ -127,7 +144,7 @@ def run(args) -> int:
         strength=args.strength,
         noise=args.noise,
     )
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = str(resolve_device(args.device))
     manifest = synthesize_dataset(
         settings, args.output_dir, overwrite=args.overwrite, device=device, progress=not args.quiet
     )

@@ -23,7 +23,11 @@ def add_training_args(parser: argparse.ArgumentParser, *, default_lr: float, def
     g = parser.add_argument_group("training")
     g.add_argument("--output_dir", required=True, help="where checkpoints, samples and the final model go")
     g.add_argument(
-        "--overwrite_output_dir", action="store_true", help="write into a folder that holds other files"
+        "--overwrite_output_dir",
+        "--overwrite",
+        dest="overwrite_output_dir",
+        action="store_true",
+        help="write into a folder that holds other files (--overwrite: the same)",
     )
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--max_train_steps", type=int, default=2000, help="optimizer steps")
@@ -65,7 +69,9 @@ def add_training_args(parser: argparse.ArgumentParser, *, default_lr: float, def
 
 def check_training_args(args: argparse.Namespace) -> None:
     """Reject values no run could use, before any file or process is touched."""
-    positive = ["resolution", "max_train_steps", "train_batch_size", "gradient_accumulation_steps"]
+    if args.resolution < 8:  # the floor of every diffad command (the scorer works at 8 px and up)
+        raise ConfigError(f"--resolution must be at least 8, not {args.resolution}")
+    positive = ["max_train_steps", "train_batch_size", "gradient_accumulation_steps"]
     for name in positive:
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name} must be at least 1, not {getattr(args, name)}")

@@ -69,8 +69,18 @@ class CachedImages(Dataset):
 
 def training_images(samples: list, resolution: int, channels: int, *, show_progress: bool = True) -> Dataset:
     """The training images as a Dataset of {"image": (C,H,W) in [-1,1]}, decoded up front if they fit."""
-    from diffad.data import AnomalyDataset
+    import warnings
 
+    from diffad.data import AnomalyDataset, DataWarning
+    from diffad.data.images import check_images, listed
+
+    odd = check_images([s.image_path for s in samples])  # every broken file named before training
+    if odd:
+        warnings.warn(
+            listed(odd, "image of a size that trains poorly", "images of sizes that train poorly"),
+            DataWarning,
+            stacklevel=2,
+        )
     dataset = AnomalyDataset(samples, resolution, channels=channels)
     if len(dataset) * channels * resolution * resolution * 4 <= CACHE_LIMIT_BYTES:
         return CachedImages(dataset, show=show_progress)

