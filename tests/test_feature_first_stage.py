@@ -223,3 +223,15 @@ def test_fit_first_stage_features_trains_and_detects(tmp_path, capsys):
     assert pipe.scheduler.config.num_train_timesteps == 1000 and scorer.noise == "gaussian"
     result = pipe(torch.zeros(2, 3, 32, 32), generator=torch.Generator().manual_seed(0))
     assert result.anomaly_maps.shape == (2, 32, 32) and np.isfinite(result.anomaly_scores).all()
+
+
+def test_selection_grid_for_latent_residuals_stays_small():
+    from diffad.training import selection
+
+    pipe = feature_pipeline()
+    names = selection.candidates(pipe)
+    assert names == ["latent", "latent_cosine", "latent_norm", "denoise", "score"]
+    settings = selection.grid(names, (), (0.0, 1.0))
+    distances_only = [s for s in settings if not (s["weights"]["latent"] or s["weights"]["latent_cosine"])]
+    assert len(distances_only) == 7 and {s["deviation"] for s in distances_only} == {"higher"}
+    assert len(settings) == 7 + 24 * 3
