@@ -235,3 +235,18 @@ def test_selection_grid_for_latent_residuals_stays_small():
     distances_only = [s for s in settings if not (s["weights"]["latent"] or s["weights"]["latent_cosine"])]
     assert len(distances_only) == 7 and {s["deviation"] for s in distances_only} == {"higher"}
     assert len(settings) == 7 + 24 * 3
+
+
+def test_evaluate_reports_a_pipeline_without_reconstructions(tmp_path):
+    from diffad.cli import main
+
+    data = make_mvtec_tree(tmp_path / "data", size=SIZE, n_train=2, n_good_test=2, n_defect=2)
+    feature_pipeline().save_pretrained(tmp_path / "model")
+    out = tmp_path / "eval"
+    assert (
+        main(["evaluate", "--model", str(tmp_path / "model"), "--data", str(data), "--output_dir", str(out)])
+        == 0
+    )
+    html = "".join(p.read_text() for p in out.rglob("*.html"))
+    assert "data:image/png" in html and "anomaly map" in html.lower()  # input and map panels
+    assert "reconstruction</" not in html.lower()  # and no reconstruction row
