@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,7 +115,8 @@ def score_range(results: list[Inspected], saved: dict | None = None) -> tuple[fl
         return 0.0, 1.0
     lo, hi = min(values), max(values)
     margin = 0.05 * (hi - lo) if hi > lo else 0.5
-    return lo - margin, hi + margin
+    # Ends rounded outwards to 3 decimals: the page prints them.
+    return math.floor((lo - margin) * 1000) / 1000, math.ceil((hi + margin) * 1000) / 1000
 
 
 def colour_floor(results: list[Inspected]) -> float:
