@@ -38,7 +38,7 @@ class Inspector:
     """A saved detector (a pipeline or a reference detector folder) and the threshold it saved."""
 
     def __init__(self, model_dir: str | Path, device: str | None = None, seed: int = 0, batch_size: int = 8):
-        from diffad.report.evaluate import load_detector
+        from diffad.detectors import load_detector
         from diffad.scoring.thresholds import resolve, saved_thresholds
 
         self.model_dir = Path(model_dir)
