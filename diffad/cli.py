@@ -18,6 +18,7 @@ COMMAND_MODULES: list[str] = [
     "diffad.report.cli",
     "diffad.training.cli",
     "diffad.demo",
+    "diffad.app.cli",
 ]
 
 

@@ -29,7 +29,7 @@ from diffad.noise import sample_noise
 from diffad.schedulers import NoiseDDIMScheduler, NoiseDDPMScheduler, partial_timesteps
 from diffad.scoring import feature_gaussian as fg
 from diffad.scoring import feature_head as fh
-from diffad.scoring import fitting
+from diffad.scoring import fitting, thresholds
 from diffad.scoring.features import extract_features
 from diffad.scoring.images import format_outputs, image_seeds, resize, to_tensor_list
 from diffad.scoring.latent_scores import direct_residual
@@ -58,11 +58,14 @@ class AnomalyDetectionOutput(BaseOutput):
         reconstructions: the denoised images in [0, 1] (first strength, first noise draw), resized to
             each image's size: "np" (N, H, W, C), "pt" (N, C, H, W), "pil" list of images; None when
             called with `output_reconstructions=False` and no residual needed them.
+        is_defective: (N,) bools, score >= the scorer's default saved threshold (`diffad.scoring.
+            thresholds`); None when the model saved none. Not part of the tuple output.
     """
 
     anomaly_maps: np.ndarray | torch.Tensor | list
     anomaly_scores: np.ndarray | torch.Tensor
     reconstructions: np.ndarray | torch.Tensor | list[PIL.Image.Image] | None
+    is_defective: np.ndarray | torch.Tensor | None = None
 
 
 class AnomalyDetectionPipeline(DiffusionPipeline):
@@ -203,7 +206,8 @@ class AnomalyDetectionPipeline(DiffusionPipeline):
         self.maybe_free_model_hooks()
         if not return_dict:
             return outputs
-        return AnomalyDetectionOutput(*outputs)
+        verdicts = thresholds.pipeline_verdicts(self.scorer, torch.cat(scores), output_type)
+        return AnomalyDetectionOutput(*outputs, is_defective=verdicts)
 
     @torch.no_grad()
     def calibrate(
@@ -227,6 +231,7 @@ class AnomalyDetectionPipeline(DiffusionPipeline):
         synthetic defects made on them, for `feature_head_steps` (seeded by `generator`'s initial seed).
         Gaussians or a head already fitted (a trained folder) are kept unless `gaussian_images` is given:
         only the statistics are taken again. The fitting itself lives in `diffad.scoring.fitting`."""
+        self.scorer.register_to_config(threshold_f1=None, threshold_fpr=None)  # they belong to old statistics
         return fitting.calibrate(
             self, good_images, generator, mode, batch_size, gaussian_images, feature_head_steps
         )

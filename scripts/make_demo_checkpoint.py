@@ -87,7 +87,18 @@ def model_card(stages: list[dict], config, selection: str | None) -> str:
             f"{c['image_auroc']:.3f}, pixel AUROC {c['pixel_auroc']:.3f}, AUPRO {c['aupro']:.3f} there. "
             f"selection.json lists all {len(chosen['trials'])} settings tried.",
         ]
+    if config.get("threshold_fpr") is not None:
+        lines += ["", threshold_line(config)]
     return "\n".join(lines) + "\n"
+
+
+def threshold_line(config) -> str:
+    f1 = "none" if config.get("threshold_f1") is None else f"{config['threshold_f1']:.4g}"
+    return (
+        f"Thresholds, set on the same held-out cells: fpr {config['threshold_fpr']:.4g} (flags at most "
+        f"{config['threshold_fpr_target']:g} of them), f1 {f1} (F1-best against their synthetic defects); "
+        f"{config['default_threshold']} gives the verdicts."
+    )
 
 
 def package(fit_dir: Path, output_dir: Path, seed: int, recalibrate: bool) -> float:

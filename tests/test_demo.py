@@ -96,3 +96,8 @@ def test_shipped_models_weights_were_chosen_on_synthetic_defects():
     assert record["images"] >= 4 and len(record["trials"]) > 1
     assert {k: config[f"{k}_weight"] for k in record["chosen"]["weights"]} == record["chosen"]["weights"]
     assert config["deviation"] == record["chosen"]["deviation"]
+    # Its thresholds were set on the same held-out cells: the fpr one flags none of the 24 good ones.
+    saved = record["thresholds"]
+    assert (config["threshold_fpr"], config["threshold_f1"]) == (saved["fpr"], saved["f1"])
+    assert len(saved["good_scores"]) == record["images"]
+    assert max(saved["good_scores"]) < config["threshold_fpr"]

@@ -151,7 +151,7 @@ def test_fit_calibration_attaches_features_and_fits_them_on_the_other_good_image
         features="lite0",
         feature_head_steps=5,
     )
-    assert result == {"images": 3, "selection": None} and asked == [
+    assert result == {"images": 3, "selection": None, "thresholds": None} and asked == [
         ("lite0", (2, 4))
     ]  # the stride-8 and stride-16 stages only
     pipe = AnomalyDetectionPipeline.from_pretrained(tmp_path / "p")

@@ -3,13 +3,11 @@
 import csv
 import json
 import re
-import shutil
-import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from browser import CHROMIUM, SKIP_REASON, chromium
 from matplotlib import colormaps
 from PIL import Image
 
@@ -18,8 +16,6 @@ from diffad.metrics import METRIC_KEYS, compute_metrics
 from diffad.report.outputs import write_outputs
 from diffad.report.panels import colorize, make_panel, mask_to_rgb8, overlay, save_panel, to_rgb8
 from diffad.report.results import CategoryResults, select_cases
-
-CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 
 
 def jet(value: float) -> np.ndarray:
@@ -176,28 +172,14 @@ def test_select_cases_takes_both_classes_without_repeats():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+@pytest.mark.skipif(CHROMIUM is None, reason=SKIP_REASON)
 def test_chromium_renders_the_table_and_the_panels(written, tmp_path):
     out, _, _ = written
     page = (out / "report.html").resolve().as_uri()
-    flags = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--hide-scrollbars",
-        f"--user-data-dir={tmp_path}",
-    ]
-    dom = subprocess.run(
-        [CHROMIUM, *flags, "--dump-dom", page], capture_output=True, text=True, timeout=120, check=True
-    ).stdout
+    dom = chromium(tmp_path, "--dump-dom", page, text=True).stdout
     assert "I-AUROC" in dom and "<td>bottle</td>" in dom and "Worst cases" in dom
     shot = tmp_path / "page.png"
-    subprocess.run(
-        [CHROMIUM, *flags, "--window-size=1200,2400", f"--screenshot={shot}", page],
-        capture_output=True,
-        timeout=120,
-        check=True,
-    )
+    chromium(tmp_path, "--window-size=1200,2400", f"--screenshot={shot}", page)
     pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
     # The overlays' deep blue (jet's low end) and the masks' pure white on black only appear if
     # the inlined PNGs were decoded and drawn.

@@ -180,6 +180,8 @@ def test_train_seg_trains_saves_into_the_pipeline_and_maps_round_trip(tmp_path, 
 
     model = tmp_path / "model"
     shutil.copytree(pipeline_dir, model)
+    scorer_config = model / "scorer" / "config.json"
+    scorer_config.write_text(json.dumps({**json.loads(scorer_config.read_text()), "threshold_fpr": 1.0}))
     before = json.loads((model / "model_index.json").read_text())
     reset_accelerate_state()
     summary = seg_stage.main(stage_args(tmp_path, model, data_dir, "--use_ema", "--head_fusion", "0.5"))
@@ -187,6 +189,7 @@ def test_train_seg_trains_saves_into_the_pipeline_and_maps_round_trip(tmp_path, 
 
     index = json.loads((model / "model_index.json").read_text())
     assert index["segmentation_head"] == ["diffad.models.segmentation", "SegmentationHead"]
+    assert json.loads(scorer_config.read_text())["threshold_fpr"] is None  # set on the maps before the head
     ignored = {"segmentation_head", "_name_or_path"}  # diffusers records where a pipeline was loaded from
     assert {k: v for k, v in index.items() if k not in ignored} == {
         k: v for k, v in before.items() if k not in ignored

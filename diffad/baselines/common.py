@@ -103,6 +103,7 @@ class FeatureDetector:
         self.feature_extractor = feature_extractor.eval()
         self.config = config
         self.fitted_on: dict | None = None  # what `fit_baseline` trained on, kept in the saved config
+        self.thresholds: dict | None = None  # set by `fit_baseline` (see diffad.scoring.thresholds)
 
     # --- features -------------------------------------------------------------------------------
     @property
@@ -168,8 +169,15 @@ class FeatureDetector:
             return maps, scores, None
         # The pipeline's output class, imported here: importing the pipelines (diffusers') is slow.
         from diffad.pipelines.pipeline_anomaly_detection import AnomalyDetectionOutput
+        from diffad.scoring.thresholds import resolve, verdicts
 
-        return AnomalyDetectionOutput(anomaly_maps=maps, anomaly_scores=scores, reconstructions=None)
+        chosen = resolve(self)
+        return AnomalyDetectionOutput(
+            anomaly_maps=maps,
+            anomaly_scores=scores,
+            reconstructions=None,
+            is_defective=verdicts(scores, chosen[1]) if chosen else None,
+        )
 
     # --- saving ---------------------------------------------------------------------------------
     def save_pretrained(self, save_directory) -> None:
@@ -188,6 +196,8 @@ class FeatureDetector:
         meta = {"class": type(self).__name__, **self.config}
         if self.fitted_on:
             meta["_fitted_on"] = self.fitted_on
+        if self.thresholds:
+            meta["_thresholds"] = self.thresholds
         atomic_write_with(folder / CONFIG_NAME, lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
 
     @classmethod
@@ -204,12 +214,14 @@ class FeatureDetector:
         if config.pop("class", None) != cls.__name__:
             raise ConfigError(f"{config_file} describes a different detector, not a {cls.__name__}")
         fitted_on = config.pop("_fitted_on", None)
+        saved_thresholds = config.pop("_thresholds", None)
         if not (folder / WEIGHTS_NAME).is_file():
             raise ConfigError(f"{folder / WEIGHTS_NAME} is missing; refit the detector into {folder}")
         extractor = EfficientNetLiteFeatures.from_pretrained(folder / EXTRACTOR_FOLDER)
         detector = cls(extractor, **config)
         detector._set_state(load_file(str(folder / WEIGHTS_NAME)))
         detector.fitted_on = fitted_on
+        detector.thresholds = saved_thresholds
         return detector
 
 

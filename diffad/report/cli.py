@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
     from diffad.report.evaluate import evaluate
     from diffad.report.html import COLUMN_NAMES
-    from diffad.report.outputs import METRICS_FILE, REPORT_FILE, SCORES_FILE
+    from diffad.report.outputs import METRICS_FILE, REPORT_FILE, SCORES_FILE, describe_rates
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -87,6 +87,9 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"{document['num_images']} images" + (f", {seconds:.3f} s per image" if seconds is not None else "")
     )
+    for name, values in per_category.items():
+        at = values.get("at_threshold")
+        print(f"{name}: " + (describe_rates(at) if at else "no saved threshold"))
     for name in (METRICS_FILE, SCORES_FILE, REPORT_FILE):
         print(f"wrote {args.output_dir}/{name}")
     return 0

@@ -115,7 +115,7 @@ def image_generator(seed: int, sample) -> torch.Generator:
     return torch.Generator().manual_seed(int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little"))
 
 
-def _call(detector, images: list, batch_size: int, generators: list, reconstructions: bool = True):
+def call_detector(detector, images: list, batch_size: int, generators: list, reconstructions: bool = True):
     kwargs: dict[str, Any] = {"output_type": "np", "batch_size": batch_size}
     parameters = inspect.signature(detector.__call__).parameters
     if "generator" in parameters:
@@ -144,7 +144,7 @@ def _case_reconstructions(detector, dataset, samples, indices: list[int], batch_
 
     images = [dataset[i]["image"] for i in indices]
     generators = [image_generator(seed, samples[i]) for i in indices]
-    output = _call(detector, images, batch_size, generators)
+    output = call_detector(detector, images, batch_size, generators)
     if output.reconstructions is None:  # a first stage without a decoder: the report shows input and map
         return None
     return {i: to_rgb8(np.asarray(r)) for i, r in zip(indices, output.reconstructions)}
@@ -177,7 +177,7 @@ def run_category(
             images = [item["image"] for item in items]
             began = time.perf_counter()
             generators = [image_generator(seed, samples[start + i]) for i in range(len(items))]
-            output = _call(detector, images, batch_size, generators, reconstructions=False)
+            output = call_detector(detector, images, batch_size, generators, reconstructions=False)
             seconds += time.perf_counter() - began
             batch_maps = [np.asarray(m, dtype=np.float32) for m in output.anomaly_maps]
             for item, amap in zip(items, batch_maps):
@@ -214,7 +214,10 @@ def run_category(
         labels = np.array([s.label for s in samples])
         indices = case_candidates(labels, np.array(scores), num_cases)
         recon = _case_reconstructions(detector, dataset, samples, indices, batch_size, seed)
+    from diffad.scoring.thresholds import resolve
+
     return CategoryResults(
+        saved_threshold=resolve(detector),
         category=category,
         paths=[s.image_path for s in samples],
         labels=np.array([s.label for s in samples]),

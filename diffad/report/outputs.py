@@ -36,7 +36,9 @@ def metrics_document(
 ) -> dict[str, Any]:
     """metrics.json: the metrics (one category: its own; several: their mean, as ADer's mean row),
     `per_defect` (keys "category/defect" when there are several categories), `per_category`,
-    `num_images`, `seconds_per_image` and `settings`. NaN (undefined) is written as null."""
+    `num_images`, `seconds_per_image` and `settings`; `at_threshold` (per category, and at the top for
+    one category): the false-positive rate and recall at the detector's saved default threshold, null
+    when it saved none. NaN (undefined) is written as null."""
     several = len(summaries) > 1
     top = mean_row(summaries) if several else dict(summaries[0].metrics)
     per_defect = {
@@ -48,9 +50,15 @@ def metrics_document(
         **top,
         "per_defect": per_defect,
         "per_category": {
-            s.category: {**s.metrics, "num_images": s.num_images, "per_defect": s.per_defect}
+            s.category: {
+                **s.metrics,
+                "num_images": s.num_images,
+                "per_defect": s.per_defect,
+                "at_threshold": s.at_threshold,
+            }
             for s in summaries
         },
+        **({} if several else {"at_threshold": summaries[0].at_threshold}),
         "num_images": sum(s.num_images for s in summaries),
         "seconds_per_image": seconds_per_image,
         "aupro_mode": aupro,
@@ -129,10 +137,25 @@ def _section(results: CategoryResults, summary: CategorySummary, num_cases: int)
         best=[case(i) for i in best],
         worst=[case(i) for i in worst],
         note=(
-            f"{summary.num_images} test images; {judged}; map colours span "
+            f"{summary.num_images} test images; {judged}; "
+            + (f"{describe_rates(summary.at_threshold)}; " if summary.at_threshold else "")
+            + "map colours span "
             f"{format_score(summary.colour_range[0])} (blue) to {format_score(summary.colour_range[1])} (red). "
             "Best: judged right by the widest margin; worst: wrong (or nearest to wrong) by the widest."
         ),
+    )
+
+
+def describe_rates(at: dict) -> str:
+    """The saved threshold's false-positive rate and recall on the test images, in words."""
+
+    def rate(value, count, total):
+        return "n/a" if value is None else f"{100 * value:.1f}% ({count} of {total})"
+
+    return (
+        f"at the saved {at['name']} threshold {at['threshold']:.4g}: false-positive rate "
+        f"{rate(at['fpr'], at['false_positives'], at['good'])}, recall "
+        f"{rate(at['recall'], at['true_positives'], at['defective'])}"
     )
 
 

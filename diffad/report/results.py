@@ -33,6 +33,7 @@ class CategoryResults:
     inputs: list | None = None
     reconstructions: list | None = None
     seconds: float | None = None  # detection time, all images
+    saved_threshold: tuple[str, float] | None = None  # (name, value) saved with the detector, if any
     has_masks: bool = field(init=False, default=True)
 
     def __post_init__(self):
@@ -63,6 +64,7 @@ class CategorySummary:
     pixel_roc: tuple[np.ndarray, np.ndarray] | None
     pro: tuple[np.ndarray, np.ndarray] | None
     colour_range: tuple[float, float] = field(default=(0.0, 1.0))
+    at_threshold: dict | None = None  # false-positive rate and recall at the saved threshold
 
 
 def _pixel_part(results: CategoryResults, index: np.ndarray, aupro: str) -> tuple[PooledPixels, dict]:
@@ -97,7 +99,17 @@ def summarize(results: CategoryResults, aupro: str = "exact") -> CategorySummary
         pixel_roc=pixels.roc_points() if has_masks else None,
         pro=pixels.pro_points() if has_masks else None,
         colour_range=_colour_range(pixels),
+        at_threshold=_at_threshold(results),
     )
+
+
+def _at_threshold(results: CategoryResults) -> dict | None:
+    if results.saved_threshold is None:
+        return None
+    from diffad.scoring.thresholds import rates_at
+
+    name, value = results.saved_threshold
+    return {"name": name, **rates_at(results.scores, results.labels, value)}
 
 
 def _colour_range(pixels: PooledPixels) -> tuple[float, float]:

@@ -8,9 +8,12 @@ and <folder>/<path inside it> for the images of a folder given (`shots/` holding
   from [map_min, map_max] to [0, 65535]; `map = map_min + png / 65535 * (map_max - map_min)`.
 - `overlays/<name>.png`: the image with the map in colour ("jet") over it, the colours spanning
   [overlay_min, overlay_max]: 0 to --overlay_max (z-scores) for a calibrated pipeline, else per image.
-- `scores.csv`: image, score, map_min, map_max, overlay_min, overlay_max, map_png, overlay_png. The
-  score is the maximum of the map at the detector's working resolution, before the map is resized to
-  the image's size, so map_max can differ from it slightly (see README, "Using a pipeline").
+- `scores.csv`: image, score, is_defective, threshold, map_min, map_max, overlay_min, overlay_max,
+  map_png, overlay_png. The score is the maximum of the map at the detector's working resolution,
+  before the map is resized to the image's size, so map_max can differ from it slightly (see README,
+  "Using a pipeline"). `is_defective` is 1 when the score is at or above the threshold (--threshold:
+  the model's saved "f1" or "fpr" one, or a number; default: the one the model names), empty when
+  the model saved none and none was given.
 """
 
 from __future__ import annotations
@@ -25,7 +28,18 @@ from pathlib import Path
 
 from diffad.errors import ConfigError, DataError, OutputExistsError
 
-CSV_FIELDS = ("image", "score", "map_min", "map_max", "overlay_min", "overlay_max", "map_png", "overlay_png")
+CSV_FIELDS = (
+    "image",
+    "score",
+    "is_defective",
+    "threshold",
+    "map_min",
+    "map_max",
+    "overlay_min",
+    "overlay_max",
+    "map_png",
+    "overlay_png",
+)
 
 
 def register(subparsers) -> None:
@@ -54,6 +68,13 @@ def register(subparsers) -> None:
         type=float,
         default=5.0,
         help="top of the overlay colour range (a z-score, above 0) for a calibrated pipeline",
+    )
+    parser.add_argument(
+        "--threshold",
+        default=None,
+        metavar="f1|fpr|VALUE",
+        help="the score at and above which an image is defective: the model's saved f1 or fpr threshold, "
+        "or a number (default: the model's default one)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace outputs of an earlier run")
     parser.set_defaults(func=run)
@@ -96,7 +117,7 @@ def map_to_uint16(anomaly_map):
     return np.round(scaled * 65535).astype(np.uint16), lo, hi
 
 
-def _png16(array) -> bytes:
+def png16(array) -> bytes:
     from PIL import Image
 
     buffer = io.BytesIO()
@@ -112,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
     from diffad.detectors import detector_marker, load_detector, resolve_device
     from diffad.files import atomic_write
     from diffad.report.panels import overlay, png_bytes
+    from diffad.scoring.thresholds import resolve
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch_size must be at least 1, got {args.batch_size}")
@@ -144,6 +166,8 @@ def run(args: argparse.Namespace) -> int:
     options = {"batch_size": args.batch_size, "output_type": "pt"}
     if "generator" in inspect.signature(pipe.__call__).parameters:
         options["generator"] = torch.Generator().manual_seed(args.seed)
+    chosen = resolve(pipe, args.threshold, where=args.model)
+    threshold = "" if chosen is None else repr(chosen[1])
     rows = []
     with tqdm(total=len(inputs), desc="detect", unit="image") as bar:
         for start in range(0, len(inputs), args.batch_size):
@@ -157,12 +181,17 @@ def run(args: argparse.Namespace) -> int:
                 png, map_lo, map_hi = map_to_uint16(anomaly_map)
                 ov_lo, ov_hi = (0.0, args.overlay_max) if calibrated else (map_lo, map_hi)
                 map_path, overlay_path = f"maps/{name}.png", f"overlays/{name}.png"
-                atomic_write(out / map_path, _png16(png))
+                atomic_write(out / map_path, png16(png))
                 atomic_write(
                     out / overlay_path, png_bytes(overlay(image, anomaly_map, vmin=ov_lo, vmax=ov_hi))
                 )
-                values = (float(score), map_lo, map_hi, ov_lo, ov_hi)
-                rows.append((str(path), *(f"{v:.9g}" for v in values), map_path, overlay_path))
+                verdict = "" if chosen is None else str(int(float(score) >= chosen[1]))
+                values = (map_lo, map_hi, ov_lo, ov_hi)
+                rows.append(
+                    (str(path), f"{float(score):.9g}", verdict, threshold)
+                    + tuple(f"{v:.9g}" for v in values)
+                    + (map_path, overlay_path)
+                )
                 bar.update(1)
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
@@ -170,4 +199,9 @@ def run(args: argparse.Namespace) -> int:
     writer.writerows(rows)
     atomic_write(out / "scores.csv", text.getvalue())
     print(f"wrote {len(rows)} maps and overlays and {out / 'scores.csv'}")
+    if chosen is None:
+        print("no threshold: the model saved none (diffad fit saves them); give --threshold for verdicts")
+    else:
+        flagged = sum(row[2] == "1" for row in rows)
+        print(f"{flagged} of {len(rows)} images defective at the {chosen[0]} threshold {threshold}")
     return 0

@@ -112,6 +112,9 @@ class AnomalyScorer(ModelMixin, ConfigMixin):
         feature_head_hidden: channels of the head's first layer.
         feature_head_channels, feature_head_grid: the trained head's input channels and (h, w) grid,
             written by `calibrate`.
+        threshold_f1, threshold_fpr, threshold_fpr_target, default_threshold: the image thresholds saved
+            by `diffad fit` (see `diffad.scoring.thresholds`; None: not fitted) and which one gives the
+            pipeline's verdicts ("f1" or "fpr").
     """
 
     @register_to_config
@@ -152,6 +155,10 @@ class AnomalyScorer(ModelMixin, ConfigMixin):
         feature_head_hidden: int = 128,
         feature_head_channels: int = 0,
         feature_head_grid: list[int] | None = None,
+        threshold_f1: float | None = None,
+        threshold_fpr: float | None = None,
+        threshold_fpr_target: float = 0.01,
+        default_threshold: str = "fpr",
     ):
         super().__init__()
         check_strengths(strength)
@@ -160,6 +167,7 @@ class AnomalyScorer(ModelMixin, ConfigMixin):
         check_choice("pixel_norm", pixel_norm, PIXEL_NORMS)
         check_choice("calibration", calibration, CALIBRATIONS)
         check_choice("deviation", deviation, DEVIATIONS)
+        check_choice("default_threshold", default_threshold, ("f1", "fpr"))
         if resolution < 8 or num_inference_steps < 1 or num_ensemble < 1 or score_pooling < 1:
             raise ConfigError(
                 "resolution must be >= 8 and num_inference_steps, num_ensemble, score_pooling >= 1; got "

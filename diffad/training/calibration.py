@@ -64,6 +64,7 @@ def calibrate_pipeline(
     select_images: int = 0,
     feature_head_steps: int = 300,
     show_progress: bool = False,
+    fpr: float = 0.01,
 ) -> dict:
     """Calibrate the pipeline saved in `folder` on up to `num_images` good training images.
 
@@ -72,7 +73,8 @@ def calibrate_pipeline(
     `select_images`: held-out good training images on which synthetic defects choose the residual
     weights and deviation (`diffad.training.selection`; 0 keeps the scorer's). `feature_head_steps`:
     training steps of the feature head (with features and a feature_head_weight above 0). `show_progress`:
-    progress bars for each pass (a fit's calibration can take minutes). Writes what was chosen,
+    progress bars for each pass (a fit's calibration can take minutes). `fpr`: the false-positive rate on
+    the held-out good images that sets the saved "fpr" threshold. Writes what was chosen,
     and why, to `folder/selection.json`. Returns a summary (images used, the choice)."""
     from diffad import AnomalyDetectionPipeline
     from diffad.training import selection
@@ -112,7 +114,7 @@ def calibrate_pipeline(
     record = None
     if len(held) >= MIN_SELECT_IMAGES:
         held_images = load_images([samples[i] for i in sorted(held)], size, pipe.image_channels)
-        record = selection.select_settings(pipe, held_images, seed=seed, batch_size=batch_size)
+        record = selection.select_settings(pipe, held_images, seed=seed, batch_size=batch_size, fpr=fpr)
     elif select:
         print(
             f"diffad: only {len(held)} good training images left to choose the residual weights on "
@@ -125,4 +127,6 @@ def calibrate_pipeline(
             write_json_atomic(Path(tmp) / SELECTION_FILE, record)
 
     write_final_atomic(folder, save, marker=PIPELINE_MARKER)
-    return {"images": len(images), "selection": None if record is None else record["chosen"]}
+    chosen, fitted = (None, None) if record is None else (record["chosen"], record["thresholds"])
+    thresholds = None if fitted is None else {k: fitted[k] for k in ("f1", "fpr", "fpr_target", "default")}
+    return {"images": len(images), "selection": chosen, "thresholds": thresholds}

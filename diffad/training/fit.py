@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from diffad.errors import ConfigError, OutputExistsError
+from diffad.scoring.thresholds import check_fpr
 
 # Without steps or a time budget, a fit stops after this many minutes or the default steps,
 # whichever comes first: about right for the small preset at 128-256 px on a few CPU cores.
@@ -134,6 +135,13 @@ def add_fit_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "weights and deviation after calibration (0: keep the defaults); see selection.json",
     )
     p.add_argument(
+        "--fpr",
+        type=float,
+        default=0.01,
+        help="target false-positive rate on the held-out good training images (--select_images) that "
+        "sets the saved 'fpr' threshold; the 'f1' one is the F1-best on their synthetic defects",
+    )
+    p.add_argument(
         "--num_inference_steps", type=int, default=None, help="denoising steps at detection (default 8)"
     )
     p.add_argument(
@@ -221,6 +229,7 @@ def check_fit_args(args) -> None:
             )
     if args.max_minutes is not None and not args.max_minutes > 0:
         raise ConfigError(f"--max_minutes must be positive, not {args.max_minutes}")
+    check_fpr(args.fpr)
 
 
 def stage_plan(args, default_minutes: float = DEFAULT_MINUTES) -> dict[str, dict]:
@@ -428,6 +437,8 @@ def run_fit(args: argparse.Namespace) -> int:
                     f"(image AUROC {chosen['image_auroc']:.3f}, pixel AUROC {chosen['pixel_auroc']:.3f}, "
                     f"AUPRO {chosen['aupro']:.3f}; {out / 'selection.json'})"
                 )
+            if s.get("thresholds"):
+                print(f"diffad fit: thresholds saved: {describe_thresholds(s['thresholds'])}")
             continue
         if s["stage"] == "features":
             continue  # printed when it ran
@@ -462,6 +473,7 @@ def calibrate_fit(args: argparse.Namespace, out: Path, features: str) -> dict:
         select_images=args.select_images,
         feature_head_steps=args.feature_head_steps,
         show_progress=True,
+        fpr=args.fpr,
     )
     seconds = round(time.monotonic() - t0, 1)
     return {
@@ -524,6 +536,13 @@ def _fit_head(args, out: Path, stage: dict, deadline: float | None) -> dict:
     return {"stage": "head", **summary} if "stage" not in summary else summary
 
 
+def describe_thresholds(saved: dict) -> str:
+    """One line: both thresholds and which is the default."""
+    f1 = "none" if saved.get("f1") is None else f"{saved['f1']:.4g}"
+    fpr = "none" if saved.get("fpr") is None else f"{saved['fpr']:.4g}"
+    return f"f1 {f1}, fpr {fpr} (at most {saved['fpr_target']:g} of good images); default {saved['default']}"
+
+
 def _fit_baseline(args, out: Path) -> int:
     try:
         from diffad.baselines.fit import fit_baseline
@@ -531,7 +550,7 @@ def _fit_baseline(args, out: Path) -> int:
         raise ConfigError(
             f"--method {args.method}: the reference detectors are not available ({err})"
         ) from err
-    fit_baseline(
+    detector = fit_baseline(
         args.method,
         args.data,
         args.category,
@@ -539,6 +558,10 @@ def _fit_baseline(args, out: Path) -> int:
         args.resolution,
         seed=args.seed,
         overwrite=args.overwrite_output_dir,
+        threshold_images=args.select_images,
+        fpr=args.fpr,
     )
+    if detector.thresholds:
+        print(f"diffad fit: thresholds saved: {describe_thresholds(detector.thresholds)}")
     print(f"diffad fit: {args.method} detector written to {out}")
     return 0

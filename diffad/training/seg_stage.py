@@ -255,7 +255,8 @@ def save_head_into_pipeline(model_dir: str | Path, pipe, head) -> None:
 
     The whole pipeline is written to a new folder beside the old parts, then the head folder and
     model_index.json (last, one atomic rename) are swapped in: a reader sees the old pipeline or the
-    new one. Other components are not rewritten (they were loaded from this folder unchanged).
+    new one. Other components are not rewritten (they were loaded from this folder unchanged), but for
+    the scorer's config: its thresholds are dropped.
     """
     import os
     import shutil
@@ -266,12 +267,15 @@ def save_head_into_pipeline(model_dir: str | Path, pipe, head) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(old, ignore_errors=True)
     pipe.register_modules(segmentation_head=head)
+    # The head changes the maps, so thresholds set on the maps before it would judge wrongly.
+    pipe.scorer.register_to_config(threshold_f1=None, threshold_fpr=None)
     pipe.save_pretrained(str(tmp))
     if not (tmp / HEAD_NAME / "config.json").is_file() or not (tmp / "model_index.json").is_file():
         raise RuntimeError("the pipeline's save_pretrained did not write the segmentation head")
     if (folder / HEAD_NAME).exists():
         os.replace(folder / HEAD_NAME, old)
     os.replace(tmp / HEAD_NAME, folder / HEAD_NAME)
+    os.replace(tmp / "scorer" / "config.json", folder / "scorer" / "config.json")
     os.replace(tmp / "model_index.json", folder / "model_index.json")
     shutil.rmtree(tmp)
     shutil.rmtree(old, ignore_errors=True)

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from diffad.metrics import ranking
 from diffad.metrics.pixels import PooledPixels
+from diffad.scoring import thresholds
 from diffad.scoring.scorer import DEVIATIONS, DISTANCES, RESIDUALS
 
 WEIGHTS = (0.0, 0.5, 1.0)
@@ -100,11 +101,16 @@ def _objective(scores: np.ndarray, labels: np.ndarray, maps: np.ndarray, masks: 
 
 
 @torch.no_grad()
-def select_settings(pipe, good_images: torch.Tensor, seed: int, batch_size: int = 8) -> dict:
-    """Try the grid on `good_images` and synthetic defects made on them; set the best in the scorer.
+def select_settings(
+    pipe, good_images: torch.Tensor, seed: int, batch_size: int = 8, fpr: float = thresholds.DEFAULT_FPR
+) -> dict:
+    """Try the grid on `good_images` and synthetic defects made on them; set the best in the scorer,
+    with the image thresholds of that setting on the same images (`diffad.scoring.thresholds`; `fpr`:
+    the target false-positive rate on the good ones).
 
     The scorer must be calibrated with a weight above 0 for every candidate residual (their statistics
-    are then known). Returns a JSON-able record: the chosen setting and every setting's metrics."""
+    are then known). Returns a JSON-able record: the chosen setting, every setting's metrics, and the
+    thresholds with the scores they were set on."""
     scorer = pipe.scorer
     defective, masks = make_defects(good_images, seed)
     images = torch.cat([good_images, defective])
@@ -129,6 +135,11 @@ def select_settings(pipe, good_images: torch.Tensor, seed: int, batch_size: int 
         **{f"{name}_weight": weight for name, weight in chosen["weights"].items()},
         deviation=chosen["deviation"],
     )
+    maps = scorer.combine(residuals, weights=chosen["weights"], deviation=chosen["deviation"])
+    scores = scorer.score(maps).numpy()  # the chosen setting's, as in its trial
+    good_scores, defect_scores = scores[labels == 0], scores[labels == 1]
+    fitted = thresholds.fit_thresholds(good_scores, defect_scores, fpr)
+    scorer.register_to_config(**thresholds.scorer_settings(fitted))
     return {
         "method": SYNTHESIS_METHOD,
         "images": len(good_images),
@@ -136,4 +147,10 @@ def select_settings(pipe, good_images: torch.Tensor, seed: int, batch_size: int 
             k: chosen[k] for k in ("weights", "deviation", "image_auroc", "pixel_auroc", "aupro", "objective")
         },
         "trials": trials,
+        "thresholds": {
+            **fitted,
+            "default": scorer.config.default_threshold,
+            "good_scores": good_scores.tolist(),
+            "defect_scores": defect_scores.tolist(),
+        },
     }

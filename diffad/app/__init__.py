@@ -1,0 +1,1 @@
+"""The local inspection page of `diffad serve` (Gradio, the optional `[app]` extra)."""
