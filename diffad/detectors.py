@@ -45,6 +45,19 @@ def resolve_device(device: str | None):
     return chosen
 
 
+def check_pipeline_source(path) -> None:
+    """Before `AnomalyDetectionPipeline.from_pretrained(path)`: a local pipeline folder must be whole,
+    and a reference detector's folder is pointed to `load_detector`."""
+    folder = Path(path)
+    if (folder / "model_index.json").is_file():
+        check_pipeline_folder(folder)
+    elif (folder / "detector_config.json").is_file():
+        raise ConfigError(
+            f"{folder} holds a reference detector (PaDiM or PatchCore), not a pipeline: load it with "
+            f"diffad.load_detector({str(folder)!r}), which loads every folder diffad fit writes"
+        )
+
+
 def check_pipeline_folder(folder: str | os.PathLike) -> None:
     """Every component model_index.json names has its subfolder: diffusers' own message for a missing
     one ("no file named config.json found in directory ...") says neither which nor what to do."""

@@ -9,7 +9,6 @@ calibration statistics live in the `scorer` component, so a saved folder detects
 
 from __future__ import annotations
 
-import inspect
 import os
 from dataclasses import dataclass
 
@@ -26,9 +25,8 @@ from diffad.models import downsample_factor
 from diffad.models.denoiser import noise_prior, predict_noise
 from diffad.models.feature_encoder import FeatureEncoder
 from diffad.noise import sample_noise
-from diffad.schedulers import NoiseDDIMScheduler, NoiseDDPMScheduler, partial_timesteps
+from diffad.schedulers import fresh_scheduler, partial_timesteps
 from diffad.scoring import feature_gaussian as fg
-from diffad.scoring import feature_head as fh
 from diffad.scoring import fitting, thresholds
 from diffad.scoring.features import extract_features
 from diffad.scoring.images import format_outputs, image_seeds, resize, to_tensor_list
@@ -42,7 +40,6 @@ from diffad.scoring.residuals import (
 )
 from diffad.scoring.scorer import FITTED_MAPS, AnomalyScorer, DetectionSettings, check_choice
 
-_SCHEDULERS = {"ddim": NoiseDDIMScheduler, "ddpm": NoiseDDPMScheduler}
 PIXEL_RESIDUALS = ("pixel", "ssim", "feature")  # compare decoded reconstructions with the input
 DIRECT = ("latent_norm", "denoise", "score")  # of the input latent alone: no denoising loop
 
@@ -112,18 +109,9 @@ class AnomalyDetectionPipeline(DiffusionPipeline):
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs):
         """As `DiffusionPipeline.from_pretrained`, but offline unless `local_files_only=False` is passed:
         every component, a transformers feature extractor included, loads from the local folder."""
-        from pathlib import Path
+        from diffad.detectors import check_pipeline_source
 
-        from diffad.detectors import check_pipeline_folder
-
-        folder = Path(pretrained_model_name_or_path)
-        if (folder / "model_index.json").is_file():
-            check_pipeline_folder(folder)  # names a missing component; diffusers' message does not
-        elif (folder / "detector_config.json").is_file():
-            raise ConfigError(
-                f"{folder} holds a reference detector (PaDiM or PatchCore), not a pipeline: load it with "
-                f"diffad.load_detector({str(folder)!r}), which loads every folder diffad fit writes"
-            )
+        check_pipeline_source(pretrained_model_name_or_path)  # names what is missing; diffusers does not
         kwargs.setdefault("local_files_only", True)
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
@@ -263,19 +251,9 @@ class AnomalyDetectionPipeline(DiffusionPipeline):
     def _fitted_maps(self, originals: list[torch.Tensor], names: list[str]) -> dict[str, torch.Tensor]:
         """The maps of the input's own features in `names` (feature Gaussians, feature head), at the
         working resolution: name -> (N, R, R). The features are extracted once for both."""
-        scorer = self.scorer
-        embedding = self._embedding(self._working_size(originals, scorer.feature_gaussian_resolution))
-        maps = {}
-        if "feature_gaussian" in names:
-            maps["feature_gaussian"] = fg.mahalanobis_map(
-                embedding, scorer.gaussian_projection, scorer.gaussian_mean, scorer.gaussian_precision
-            )
-        if "feature_head" in names:
-            maps["feature_head"] = fh.head_map(
-                scorer.feature_head, embedding, scorer.head_mean, scorer.head_std
-            )
-        size = (self.resolution, self.resolution)
-        return {name: resize(m[:, None].float(), size)[:, 0] for name, m in maps.items()}
+        embedding = self._embedding(self._working_size(originals, self.scorer.feature_gaussian_resolution))
+        maps = self.scorer.fitted_feature_maps(embedding, names)
+        return {name: resize(m[:, None].float(), (self.resolution,) * 2)[:, 0] for name, m in maps.items()}
 
     def _working_size(self, originals: list[torch.Tensor], side: int | None = None) -> torch.Tensor:
         size = (side or self.resolution,) * 2
@@ -368,13 +346,6 @@ class AnomalyDetectionPipeline(DiffusionPipeline):
         ]
         return torch.cat(draws)
 
-    def _make_scheduler(self, sampler: str):
-        """A fresh scheduler of the sampler's class with this pipeline's noise schedule (stepping
-        changes a scheduler's state, so the component itself is never stepped)."""
-        cls = _SCHEDULERS[sampler]
-        accepted = inspect.signature(cls.__init__).parameters
-        return cls.from_config({k: v for k, v in self.scheduler.config.items() if k in accepted})
-
     def _predict_noise(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The UNet's noise prediction, with the Gaussian prior of a whitened first stage (`denoiser`)."""
         alphas = self.scheduler.alphas_cumprod
@@ -394,7 +365,7 @@ class AnomalyDetectionPipeline(DiffusionPipeline):
         return resize(value[:, None], size)[:, 0]
 
     def _denoise(self, z0, strength: float, settings: DetectionSettings, generators) -> torch.Tensor:
-        scheduler = self._make_scheduler(settings.sampler)
+        scheduler = fresh_scheduler(self.scheduler.config, settings.sampler)
         _, timesteps = partial_timesteps(scheduler, strength, settings.num_inference_steps)
         noise = self._draw(settings.noise, z0, generators)
         # After t_start forward steps the sample sits at timestep t_start - 1, the first of `timesteps`.

@@ -319,6 +319,20 @@ class AnomalyScorer(ModelMixin, ConfigMixin):
             feature_head_channels=int(mean.shape[0]), feature_head_grid=list(mean.shape[1:])
         )
 
+    def fitted_feature_maps(self, embedding: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
+        """The fitted maps in `names` of a feature embedding (N, D, h, w): name -> (N, h, w)."""
+        from diffad.scoring.feature_gaussian import mahalanobis_map
+        from diffad.scoring.feature_head import head_map
+
+        maps = {}
+        if "feature_gaussian" in names:
+            maps["feature_gaussian"] = mahalanobis_map(
+                embedding, self.gaussian_projection, self.gaussian_mean, self.gaussian_precision
+            )
+        if "feature_head" in names:
+            maps["feature_head"] = head_map(self.feature_head, embedding, self.head_mean, self.head_std)
+        return maps
+
     def smooth(self, residual: torch.Tensor) -> torch.Tensor:
         return gaussian_blur(residual, float(self.config.smoothing_sigma))
 
