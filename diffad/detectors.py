@@ -21,10 +21,18 @@ DEVICE_HINT = "use cpu, cuda, cuda:N or mps, or leave --device out (cuda when av
 
 
 def resolve_device(device: str | None):
-    """`device` as a torch.device that exists here (default: cuda if available, else cpu)."""
+    """`device` as a torch.device that exists here (default: this process's GPU under a multi-GPU
+    `accelerate launch`, else cuda if available, else cpu)."""
     import torch
 
     if device is None:
+        from diffad.distributed import process_state
+
+        state = process_state()
+        # Not accelerate's "cpu:0" on CPUs: some kernels round differently there, and a shard's
+        # maps would not equal one process's.
+        if state.num_processes > 1 and state.device.type != "cpu":
+            return state.device
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         chosen = torch.device(device)

@@ -161,7 +161,7 @@ def test_latent_only_pipeline_decodes_only_the_shown_cases_with_their_own_noise(
     pipe.scorer.register_to_config(pixel_weight=1.0)
     pipe.scorer.calibration_std[0] = float("inf")  # pixel residual decodes everything, adds 0 to the map
     full = run_category(pipe, "widget", samples, SIZE, 4, seed=3, progress=False, num_cases=2)
-    assert isinstance(full.reconstructions, list)
+    assert sorted(full.reconstructions) == sorted(fast.reconstructions)  # only the candidates are kept
     for i, recon in fast.reconstructions.items():
         np.testing.assert_array_equal(recon, full.reconstructions[i])
     np.testing.assert_allclose(np.stack(fast.maps), np.stack(full.maps), atol=1e-5)
@@ -181,3 +181,41 @@ def test_case_candidates_cover_every_threshold():
     for threshold in np.linspace(-3, 4, 29):
         best, worst = select_cases(results, float(threshold), 4)
         assert set(best + worst) <= covered
+
+
+def test_streamed_pixel_metrics_past_the_memory_budget(pipeline_dir, data_root, tmp_path, capsys):
+    argv = ["evaluate", "--model", str(pipeline_dir), "--data", str(data_root), "--category", "widget"]
+    assert main([*argv, "--output_dir", str(tmp_path / "exact")]) == 0
+    assert "streamed histograms" not in capsys.readouterr().out
+    assert main([*argv, "--output_dir", str(tmp_path / "streamed"), "--metrics_memory", "0"]) == 0
+    assert "come from streamed histograms" in capsys.readouterr().out
+    exact, streamed = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("exact", "streamed"))
+    assert exact["per_category"]["widget"]["pixel_metrics"] == "exact"
+    assert streamed["per_category"]["widget"]["pixel_metrics"] == "streamed"
+    for key in METRIC_KEYS:
+        assert streamed[key] == pytest.approx(exact[key], abs=1e-3), key
+    assert (tmp_path / "exact" / "scores.csv").read_text() == (
+        tmp_path / "streamed" / "scores.csv"
+    ).read_text()
+    # The same cases are shown, from the maps kept for them alone.
+    pages = [(tmp_path / d / "report.html").read_text() for d in ("exact", "streamed")]
+    assert pages[0].count("data:image/png;base64,") == pages[1].count("data:image/png;base64,")
+    assert main([*argv, "--output_dir", str(tmp_path / "x"), "--metrics_memory", "lots"]) == 2
+    assert "--metrics_memory" in capsys.readouterr().err
+
+
+def test_a_device_this_machine_lacks_is_one_line(pipeline_dir, data_root, tmp_path, capsys):
+    argv = [
+        "evaluate",
+        "--model",
+        str(pipeline_dir),
+        "--data",
+        str(data_root),
+        "--output_dir",
+        str(tmp_path / "o"),
+    ]
+    for device in ["foo"] + ([] if torch.cuda.is_available() else ["cuda"]):
+        assert main([*argv, "--device", device]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"--device {device}" in err.replace("'", "")
+    assert not (tmp_path / "o").exists()  # nothing written

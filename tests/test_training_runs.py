@@ -72,18 +72,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def cpu_ddp_launch() -> list[str]:
+    """`accelerate launch` of two gloo processes on this machine, on a free port."""
+    return [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--config_file", str(ROOT / "configs/accelerate/cpu_ddp.yaml"),
+        "--main_process_port", str(free_port()),
+    ]  # fmt: skip
+
+
 def test_two_cpu_processes_train_like_one_with_the_same_global_batch(data, tmp_path):
     from diffad.models import build_autoencoder
     from diffad.training.accelerate_setup import seeded
 
     common = ["--max_train_steps", "4", "--checkpointing_steps", "0", "--learning_rate", "1e-3"]
-    launch = [
-        sys.executable, "-m", "accelerate.commands.launch",
-        "--config_file", str(ROOT / "configs/accelerate/cpu_ddp.yaml"),
-        "--main_process_port", str(free_port()),
-    ]  # fmt: skip
     two = subprocess.Popen(
-        launch + vae_command(data, tmp_path / "two", *common, "--train_batch_size", "2")[1:],
+        cpu_ddp_launch() + vae_command(data, tmp_path / "two", *common, "--train_batch_size", "2")[1:],
         env=ENV,
         stderr=subprocess.PIPE,
         text=True,

@@ -1,4 +1,5 @@
-"""Image and pixel AUROC, AP, F1-max, AUPRO and mAD, with ADer's names."""
+"""Image and pixel AUROC, AP, F1-max, AUPRO and mAD, with ADer's names; exact from pooled pixels
+(`PooledPixels`) or streamed from histograms in bounded memory (`PixelHistogram`)."""
 
 from diffad.metrics.compute import (
     AUPRO_MODES,
@@ -12,6 +13,7 @@ from diffad.metrics.compute import (
 )
 from diffad.metrics.pixels import PooledPixels
 from diffad.metrics.ranking import MetricWarning
+from diffad.metrics.streamed import PixelHistogram
 
 __all__ = [
     "AUPRO_MODES",
@@ -19,6 +21,7 @@ __all__ = [
     "METRIC_KEYS",
     "PIXEL_KEYS",
     "MetricWarning",
+    "PixelHistogram",
     "PooledPixels",
     "compute_metrics",
     "image_metrics",

@@ -11,6 +11,7 @@ import numpy as np
 from diffad.errors import ConfigError, DataError
 from diffad.metrics import ranking
 from diffad.metrics.pixels import PooledPixels
+from diffad.metrics.streamed import PixelHistogram
 
 IMAGE_KEYS = ("image_auroc", "image_ap", "image_f1_max")
 PIXEL_KEYS = ("pixel_auroc", "pixel_ap", "pixel_f1_max", "aupro")
@@ -97,7 +98,7 @@ def _plane(value: Any, what: str, index: int) -> np.ndarray:
 
 def image_metrics(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     neg, pos = np.sort(scores[labels == 0]), np.sort(scores[labels == 1])
-    ranking.both_classes(neg, pos, "image AUROC, AP and F1-max")
+    ranking.both_classes(len(neg), len(pos), "image AUROC, AP and F1-max")
     return {
         "image_auroc": ranking.auroc(neg, pos),
         "image_ap": ranking.average_precision(neg, pos),
@@ -105,10 +106,11 @@ def image_metrics(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     }
 
 
-def pixel_metrics(pixels: PooledPixels, aupro: str = "exact") -> dict[str, float]:
+def pixel_metrics(pixels: PooledPixels | PixelHistogram, aupro: str = "exact") -> dict[str, float]:
+    """The pixel metrics of pooled pixels (exact) or of a histogram of them (streamed)."""
     if aupro not in AUPRO_MODES:
         raise ConfigError(f"aupro must be one of {AUPRO_MODES}, got {aupro!r}")
-    ranking.both_classes(pixels.normal, pixels.defect, "pixel AUROC, AP, F1-max and AUPRO")
+    ranking.both_classes(pixels.num_normal, pixels.num_defect, "pixel AUROC, AP, F1-max and AUPRO")
     return {
         "pixel_auroc": pixels.auroc(),
         "pixel_ap": pixels.average_precision(),

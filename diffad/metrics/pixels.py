@@ -57,6 +57,14 @@ class PooledPixels:
             defect_values, region_ids = np.empty(0, dtype=dtype), np.empty(0, dtype=np.int64)
         return cls(normal, defect_values, region_ids, np.bincount(region_ids, minlength=regions))
 
+    @property
+    def num_normal(self) -> int:
+        return len(self.normal)
+
+    @property
+    def num_defect(self) -> int:
+        return len(self.defect)
+
     def auroc(self) -> float:
         return ranking.auroc(self.normal, self.defect)
 
@@ -77,6 +85,11 @@ class PooledPixels:
 
     def pro_points(self, max_fpr: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
         return _aupro.pro_curve(self.normal, self.defect, self._region_weights(), max_fpr)
+
+    def quantiles(self, q) -> np.ndarray:
+        """Scores at the quantiles `q` of every pixel, from a sample of about a million."""
+        step = max(1, (len(self.normal) + len(self.defect)) // 1_000_000)
+        return np.quantile(np.concatenate([self.normal[::step], self.defect[::step]]), list(q))
 
     def _region_weights(self) -> np.ndarray:
         # Each region counts equally, whatever its size: a pixel weighs 1 / (area * number of regions).

@@ -18,11 +18,12 @@ class MetricWarning(UserWarning):
     """A metric is undefined for the data given (for instance only one class) and is NaN."""
 
 
-def both_classes(neg: np.ndarray, pos: np.ndarray, what: str) -> bool:
-    """True when both classes are present; else warns once that `what` is undefined (NaN)."""
-    if len(neg) and len(pos):
+def both_classes(neg: int, pos: int, what: str) -> bool:
+    """True when both classes are present (`neg`, `pos`: their counts); else warns once that `what`
+    is undefined (NaN)."""
+    if neg and pos:
         return True
-    missing = "defective" if not len(pos) else "normal"
+    missing = "defective" if not pos else "normal"
     warnings.warn(f"{what}: no {missing} samples, so they are undefined (NaN)", MetricWarning, stacklevel=3)
     return False
 

@@ -43,6 +43,13 @@ def register(subparsers) -> None:
         default="exact",
         help="exact curve, or ADer's 200-threshold variant",
     )
+    parser.add_argument(
+        "--metrics_memory",
+        default="2GB",
+        metavar="SIZE",
+        help="exact pixel metrics while a category's maps fit in SIZE (e.g. 2GB, 500MB); past it, "
+        "streamed histograms in flat memory, within 1e-3 of the exact figures (0: always stream)",
+    )
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--cases", type=int, default=4, help="best and worst cases shown per category")
     parser.add_argument(
@@ -73,7 +80,10 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
             overwrite=args.overwrite,
             num_cases=args.cases,
+            metrics_memory=args.metrics_memory,
         )
+    if document is None:  # another process of `accelerate launch`: the main one reports
+        return 0
     for message in dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, UserWarning)):
         print(f"diffad evaluate: warning: {message}")
     per_category = document["per_category"]

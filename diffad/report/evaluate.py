@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import math
 import os
 import platform
 import time
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,11 +24,24 @@ import numpy as np
 from diffad.detectors import LOADERS, load_detector
 from diffad.errors import ConfigError, DataError, OutputExistsError
 from diffad.files import atomic_write
+from diffad.metrics.ranking import MetricWarning
+from diffad.report.collect import Collector, case_candidates
 from diffad.report.results import CategoryResults
 
 if TYPE_CHECKING:
     import torch
 
+
+class StreamedMetricsWarning(MetricWarning):
+    """Pixel metrics come from streamed histograms: the maps do not fit --metrics_memory."""
+
+
+DEFAULT_METRICS_MEMORY = "2GB"
+# What the exact metrics hold per pixel at their peak: the map (4 bytes) and mask (1), the pooled
+# scores of the category and of a defect type, and their temporaries (benchmarks/bench_scale.py
+# measured 26 bytes a pixel on 400 maps of 256x256).
+EXACT_BYTES_PER_PIXEL = 28
+STREAMED_ERROR = "each figure within 1e-3 of the exact one"
 MARKER = ".diffad-evaluate"  # written first into OUT, so a rerun knows the folder is its own
 DEFAULT_RESOLUTION = 256
 
@@ -75,8 +89,9 @@ def spread(items: list, limit: int | None) -> list:
     return [items[i] for i in np.linspace(0, len(items) - 1, limit).round().astype(int)]
 
 
-def prepare_output_dir(output_dir: str | os.PathLike, overwrite: bool) -> Path:
-    """Make OUT, refusing a non-empty folder that an earlier `diffad evaluate` did not make."""
+def check_output_dir(output_dir: str | os.PathLike, overwrite: bool) -> Path:
+    """OUT, refusing a non-empty folder that an earlier `diffad evaluate` did not make (every process
+    checks, so all stop together)."""
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"--output_dir {out} is a file; choose a folder")
@@ -85,6 +100,12 @@ def prepare_output_dir(output_dir: str | os.PathLike, overwrite: bool) -> Path:
             f"{out} already holds files that diffad evaluate did not write; "
             "choose an empty or new --output_dir, or pass --overwrite to write beside them"
         )
+    return out
+
+
+def prepare_output_dir(output_dir: str | os.PathLike, overwrite: bool) -> Path:
+    """Make OUT (see `check_output_dir`) and mark it as this command's."""
+    out = check_output_dir(output_dir, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / MARKER, "written by diffad evaluate; its reruns may replace the outputs here\n")
     return out
@@ -106,12 +127,51 @@ def output_folder(output_dir: str | os.PathLike, overwrite: bool):
         raise
 
 
+def memory_bytes(value: str | int) -> int:
+    """Bytes from 2GB, 1.5GiB, 500MB, 64kB or a plain number of bytes (--metrics_memory)."""
+    text = str(value).strip().upper().replace("IB", "B")
+    for suffix, factor in (("TB", 2**40), ("GB", 2**30), ("MB", 2**20), ("KB", 2**10), ("B", 1)):
+        if text.endswith(suffix):
+            text, scale = text[: -len(suffix)].strip(), factor
+            break
+    else:
+        scale = 1
+    try:
+        number = float(text)
+    except ValueError:
+        number = -1.0
+    if not number >= 0 or not math.isfinite(number):
+        raise ConfigError(
+            f"--metrics_memory {value!r} is not a size; give e.g. 2GB, 500MB or 0 (always stream)"
+        )
+    return int(number * scale)
+
+
+def exact_fits(category: str, count: int, size: int, budget: int, given: str | int) -> bool:
+    """Whether `count` maps of size x size fit `budget` for the exact pixel metrics; warns if not."""
+    needed = count * size * size * EXACT_BYTES_PER_PIXEL
+    if needed <= budget:
+        return True
+    warnings.warn(
+        f"{category}: the exact pixel metrics of {count} maps of {size}x{size} px would need about "
+        f"{needed / 2**30:.2f} GB, over --metrics_memory {given}; they come from streamed histograms "
+        f"instead ({STREAMED_ERROR})",
+        StreamedMetricsWarning,
+        stacklevel=2,
+    )
+    return False
+
+
 def image_generator(seed: int, sample) -> torch.Generator:
     """A generator for one image, seeded from `seed` and the image's category, defect type and file
     name: its noise, and so its map, do not depend on which other images run or in what batches."""
+    return keyed_generator(f"{seed}/{sample.category}/{sample.defect_type}/{Path(sample.image_path).name}")
+
+
+def keyed_generator(key: str) -> torch.Generator:
+    """A generator seeded from a hash of `key` (an image's seed and name)."""
     import torch
 
-    key = f"{seed}/{sample.category}/{sample.defect_type}/{Path(sample.image_path).name}"
     return torch.Generator().manual_seed(int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little"))
 
 
@@ -123,18 +183,6 @@ def call_detector(detector, images: list, batch_size: int, generators: list, rec
     if not reconstructions and "output_reconstructions" in parameters:
         kwargs["output_reconstructions"] = False
     return detector(images, **kwargs)
-
-
-def case_candidates(labels: np.ndarray, scores: np.ndarray, count: int) -> list[int]:
-    """Every image the report can show as a best or worst case (`select_cases` ranks within each class
-    by score: the `count` highest and lowest of each class cover it, whatever the threshold)."""
-    chosen: set[int] = set()
-    for label in (0, 1):
-        idx = np.flatnonzero(labels == label)
-        ranked = idx[np.argsort(scores[idx], kind="stable")]
-        chosen.update(int(i) for i in ranked[:count])
-        chosen.update(int(i) for i in ranked[-count:])
-    return sorted(chosen)
 
 
 def _case_reconstructions(detector, dataset, samples, indices: list[int], batch_size: int, seed: int):
@@ -159,40 +207,60 @@ def run_category(
     seed: int = 0,
     progress: bool = True,
     num_cases: int = 4,
-) -> CategoryResults:
+    keep_maps: bool = True,
+    state=None,
+) -> CategoryResults | None:
     """The detector over `samples` (one category's test images) at `resolution`, one batch at a time.
-    A pipeline runs without decoding reconstructions where its residuals do not need them; those of
-    the images the report may show (`num_cases`) are made afterwards."""
+    `keep_maps`: keep every map for the exact pixel metrics; else stream them into histograms and
+    keep only the maps the report may show. Under `accelerate launch` each process runs a contiguous
+    share of the batches (the same batches as one process, so the same maps) and the main process
+    gets everything; the others get None. A pipeline runs without decoding reconstructions where
+    its residuals do not need them; those of the images the report may show are made afterwards."""
     from tqdm.auto import tqdm
 
     from diffad.data import AnomalyDataset
+    from diffad.distributed import gather, process_state, shard
     from diffad.report.panels import to_rgb8
 
+    state = state or process_state()
     dataset = AnomalyDataset(samples, resolution, channels=int(getattr(detector, "image_channels", 3)))
-    maps, masks, scores, inputs, reconstructions = [], [], [], [], []
-    seconds = 0.0
-    with tqdm(total=len(dataset), desc=f"evaluate {category}", unit="image", disable=not progress) as bar:
-        for start in range(0, len(dataset), batch_size):
-            items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+    collector = Collector(category, num_cases, keep_maps, any(s.mask_path for s in samples))
+    empty = []  # defect masks with no defective pixel at this resolution
+    batches = shard(
+        [range(s, min(s + batch_size, len(dataset))) for s in range(0, len(dataset), batch_size)], state
+    )
+    show = progress and state.is_main_process
+    with tqdm(
+        total=sum(map(len, batches)), desc=f"evaluate {category}", unit="image", disable=not show
+    ) as bar:
+        for batch in batches:
+            items = [dataset[i] for i in batch]
             images = [item["image"] for item in items]
             began = time.perf_counter()
-            generators = [image_generator(seed, samples[start + i]) for i in range(len(items))]
+            generators = [image_generator(seed, samples[i]) for i in batch]
             output = call_detector(detector, images, batch_size, generators, reconstructions=False)
-            seconds += time.perf_counter() - began
-            batch_maps = [np.asarray(m, dtype=np.float32) for m in output.anomaly_maps]
-            for item, amap in zip(items, batch_maps):
-                if amap.shape != tuple(item["mask"].shape[-2:]):
+            collector.seconds += time.perf_counter() - began
+            scores = np.asarray(output.anomaly_scores, dtype=np.float64).reshape(-1)
+            recons = output.reconstructions if output.reconstructions is not None else [None] * len(items)
+            for i, item, image, amap, score, recon in zip(
+                batch, items, images, output.anomaly_maps, scores, recons
+            ):
+                amap = np.asarray(amap, dtype=np.float32)
+                mask = item["mask"][0].numpy().astype(np.uint8)
+                if amap.shape != mask.shape:
                     raise DataError(
                         f"the detector returned a {amap.shape} map for {item['path']} ({resolution} px)"
                     )
-            maps += batch_maps
-            scores += np.asarray(output.anomaly_scores, dtype=np.float64).reshape(-1).tolist()
-            masks += [item["mask"][0].numpy().astype(np.uint8) for item in items]
-            inputs += [to_rgb8(image) for image in images]
-            if output.reconstructions is not None:
-                reconstructions += [to_rgb8(np.asarray(r)) for r in output.reconstructions]
+                if samples[i].label == 1 and samples[i].mask_path and not mask.any():
+                    empty.append(samples[i].mask_path)
+                recon = to_rgb8(np.asarray(recon)) if recon is not None else None
+                collector.add(i, samples[i], score, amap, mask, to_rgb8(image), recon)
+            collector.prune()
             bar.update(len(items))
-    empty = [s.mask_path for s, m in zip(samples, masks) if s.label == 1 and s.mask_path and not m.any()]
+    parts = gather((collector, empty), state)
+    if not state.is_main_process:
+        return None
+    empty = [path for _, some in parts for path in some]
     if empty:
         from diffad.data import DataWarning
         from diffad.data.images import listed
@@ -209,26 +277,18 @@ def run_category(
             DataWarning,
             stacklevel=2,
         )
-    recon: list | dict | None = reconstructions or None
-    if recon is None and "output_reconstructions" in inspect.signature(detector.__call__).parameters:
-        labels = np.array([s.label for s in samples])
-        indices = case_candidates(labels, np.array(scores), num_cases)
-        recon = _case_reconstructions(detector, dataset, samples, indices, batch_size, seed)
+    parts = [part for part, _ in parts]
+    results = Collector.merged(parts).results()
+    if (
+        results.reconstructions is None
+        and "output_reconstructions" in inspect.signature(detector.__call__).parameters
+    ):
+        indices = case_candidates(results.labels, results.scores, num_cases)
+        results.reconstructions = _case_reconstructions(detector, dataset, samples, indices, batch_size, seed)
     from diffad.scoring.thresholds import resolve
 
-    return CategoryResults(
-        saved_threshold=resolve(detector),
-        category=category,
-        paths=[s.image_path for s in samples],
-        labels=np.array([s.label for s in samples]),
-        defect_types=[s.defect_type for s in samples],
-        scores=np.array(scores),
-        maps=maps,
-        masks=masks if any(s.mask_path for s in samples) else None,
-        inputs=inputs,
-        reconstructions=recon,
-        seconds=seconds,
-    )
+    results.saved_threshold = resolve(detector)
+    return results
 
 
 def evaluate(
@@ -246,16 +306,25 @@ def evaluate(
     overwrite: bool = False,
     num_cases: int = 4,
     progress: bool = True,
-) -> dict[str, Any]:
+    metrics_memory: str | int = DEFAULT_METRICS_MEMORY,
+) -> dict[str, Any] | None:
     """Evaluate the detector in `model` on the test split of `data` (every category, or `category`)
-    and write OUT/metrics.json, OUT/scores.csv and OUT/report.html. Returns the metrics document."""
+    and write OUT/metrics.json, OUT/scores.csv and OUT/report.html. Returns the metrics document.
+
+    Pixel metrics are exact while a category's maps fit `metrics_memory` ("2GB", "500MB", bytes);
+    past it they come from streamed histograms (diffad.metrics.streamed), with a warning, and the
+    memory no longer grows with the number of images. Under `accelerate launch` every process runs a
+    share of the images and the main process writes the outputs; the others return None."""
     import torch
 
     from diffad import __version__
     from diffad.data import DataWarning, load_samples
     from diffad.data.images import check_images, listed
+    from diffad.detectors import resolve_device
+    from diffad.distributed import process_state
     from diffad.metrics import AUPRO_MODES
     from diffad.report.outputs import write_outputs
+    from diffad.report.results import summarize
 
     if batch_size < 1:
         raise ConfigError(f"--batch_size must be at least 1, got {batch_size}")
@@ -265,6 +334,8 @@ def evaluate(
         raise ConfigError(f"--resolution must be at least 8, got {resolution}")
     if num_cases < 0:
         raise ConfigError(f"--cases must be 0 or more (best and worst cases shown), got {num_cases}")
+    budget = memory_bytes(metrics_memory)
+    device = resolve_device(device)  # a missing GPU is one line, before anything is written
     model_dir = Path(model)
     samples = load_samples(data, category=category, split="test")
     if not samples:
@@ -276,9 +347,14 @@ def evaluate(
             DataWarning,
             stacklevel=2,
         )
-    with output_folder(output_dir, overwrite) as out:
+    state = process_state()
+    check_output_dir(output_dir, overwrite)
+    state.wait_for_everyone()  # every process has checked OUT before the main one writes there
+    # The main process makes OUT (and removes it if the run fails before writing anything there).
+    opened = output_folder if state.is_main_process else lambda out, _: nullcontext(Path(out))
+    with opened(output_dir, overwrite) as out:
         loaded: dict[Path, Any] = {}
-        results, detectors = [], {}
+        results, summaries, detectors = [], [], {}
         for name in sorted({s.category for s in samples}):
             folder = model_for_category(model_dir, name)
             if folder not in loaded:
@@ -286,8 +362,16 @@ def evaluate(
             detector = loaded[folder]
             size = resolution or detector_resolution(detector)
             chosen = spread([s for s in samples if s.category == name], limit)
-            results.append(run_category(detector, name, chosen, size, batch_size, seed, progress, num_cases))
+            exact = exact_fits(name, len(chosen), size, budget, metrics_memory)
+            got = run_category(
+                detector, name, chosen, size, batch_size, seed, progress, num_cases, exact, state
+            )
             detectors[name] = {**detector_settings(detector, folder), "resolution": size}
+            if got is not None:  # the main process: summarise, then let the maps go but the cases'
+                summaries.append(summarize(got, aupro))
+                results.append(got.cases_only(case_candidates(got.labels, got.scores, num_cases)))
+        if not state.is_main_process:
+            return None
         settings = {
             "data": str(data) if str(data) == "elpv" else str(Path(data).resolve()),
             "category": category,
@@ -295,6 +379,8 @@ def evaluate(
             "limit": limit,
             "batch_size": batch_size,
             "seed": seed,
+            "metrics_memory": budget,
+            "num_processes": state.num_processes,
             "device": str(next(iter(loaded.values())).device),
             "detectors": detectors,
             "versions": {
@@ -304,4 +390,6 @@ def evaluate(
             },
         }
         facts = [f"model: {model_dir.resolve()}", f"data: {settings['data']}"]
-        return write_outputs(out, results, settings, aupro=aupro, num_cases=num_cases, facts=facts)
+        return write_outputs(
+            out, results, settings, aupro=aupro, num_cases=num_cases, facts=facts, summaries=summaries
+        )

@@ -53,6 +53,7 @@ def metrics_document(
             s.category: {
                 **s.metrics,
                 "num_images": s.num_images,
+                "pixel_metrics": s.pixel_metrics,
                 "per_defect": s.per_defect,
                 "at_threshold": s.at_threshold,
             }
@@ -168,13 +169,15 @@ def write_outputs(
     num_cases: int = 4,
     title: str = "diffad evaluation",
     facts: list[str] | None = None,
+    summaries: list[CategorySummary] | None = None,
 ) -> dict[str, Any]:
-    """Computes every metric and writes OUT/metrics.json, OUT/scores.csv and OUT/report.html, each
+    """Computes every metric (or takes `summaries`, made by `summarize` from the same results before
+    their maps were dropped) and writes OUT/metrics.json, OUT/scores.csv and OUT/report.html, each
     atomically. Returns the metrics document."""
     if not results:
         raise ConfigError("nothing to report: no category has results")
     out = Path(output_dir)
-    summaries = [summarize(r, aupro) for r in results]
+    summaries = summaries or [summarize(r, aupro) for r in results]
     timed = [r for r in results if r.seconds is not None]
     images = sum(len(r.scores) for r in timed)
     seconds_per_image = sum(r.seconds for r in timed) / images if images else None

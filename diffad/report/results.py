@@ -12,6 +12,7 @@ from diffad.errors import DataError
 from diffad.metrics import METRIC_KEYS, PIXEL_KEYS, PooledPixels, image_metrics, pixel_metrics, with_mean
 from diffad.metrics.compute import image_scores_and_labels, maps_and_masks
 from diffad.metrics.ranking import f1_best_threshold, roc_points
+from diffad.metrics.streamed import PixelHistogram
 
 
 @dataclass
@@ -21,7 +22,9 @@ class CategoryResults:
     `masks` None: the dataset has no masks; pixel metrics are then not computed (None), not NaN.
     `inputs` and `reconstructions` are only needed for the report's panels: anything `to_rgb8`
     reads (uint8 (H, W, 3) keeps memory low); None where a detector reconstructs nothing.
-    `reconstructions` may be a dict {image index: reconstruction} holding only the images shown."""
+    `inputs`, `reconstructions`, and with `pixels` also `maps` and `masks`, may be dicts
+    {image index: item} holding only the images shown. `pixels`: histograms of the pixels per
+    (label, defect type), for the streamed pixel metrics; None: the exact ones, from every map."""
 
     category: str
     paths: list[str]
@@ -34,6 +37,7 @@ class CategoryResults:
     reconstructions: list | None = None
     seconds: float | None = None  # detection time, all images
     saved_threshold: tuple[str, float] | None = None  # (name, value) saved with the detector, if any
+    pixels: dict[tuple[int, str], PixelHistogram] | None = None
     has_masks: bool = field(init=False, default=True)
 
     def __post_init__(self):
@@ -44,13 +48,44 @@ class CategoryResults:
                 f"{self.category}: {n} scores but {len(self.paths)} paths and {len(self.defect_types)} defect types"
             )
         self.has_masks = self.masks is not None
-        if not self.has_masks:
-            self.masks = [np.zeros(np.shape(m)[-2:], dtype=np.uint8) for m in self.maps]
-        self.maps, self.masks = maps_and_masks(self.maps, self.masks, n)
+        if isinstance(self.maps, dict):  # the shown images' only
+            if not self.has_masks:
+                self.masks = {i: np.zeros(np.shape(m)[-2:], dtype=np.uint8) for i, m in self.maps.items()}
+            keys = sorted(self.maps)
+            checked = maps_and_masks([self.maps[i] for i in keys], [self.masks[i] for i in keys], len(keys))
+            self.maps, self.masks = (dict(zip(keys, values)) for values in checked)
+        else:
+            if not self.has_masks:
+                self.masks = [np.zeros(np.shape(m)[-2:], dtype=np.uint8) for m in self.maps]
+            self.maps, self.masks = maps_and_masks(self.maps, self.masks, n)
         for name in ("inputs", "reconstructions"):
             items = getattr(self, name)
             if items is not None and not isinstance(items, dict) and len(items) != n:
                 raise DataError(f"{self.category}: {n} images but {len(items)} {name}")
+
+    def cases_only(self, keep) -> CategoryResults:
+        """The same results with maps, masks, inputs and reconstructions of the images at `keep` only
+        (the report's cases), to free the memory once `summarize` has read them."""
+
+        def some(items):
+            if items is None:
+                return None
+            return {i: items[i] for i in keep if not isinstance(items, dict) or i in items}
+
+        return CategoryResults(
+            self.category,
+            self.paths,
+            self.labels,
+            self.defect_types,
+            self.scores,
+            some(self.maps),
+            some(self.masks) if self.has_masks else None,
+            inputs=some(self.inputs),
+            reconstructions=some(self.reconstructions),
+            seconds=self.seconds,
+            saved_threshold=self.saved_threshold,
+            pixels=self.pixels,
+        )
 
 
 @dataclass
@@ -65,10 +100,18 @@ class CategorySummary:
     pro: tuple[np.ndarray, np.ndarray] | None
     colour_range: tuple[float, float] = field(default=(0.0, 1.0))
     at_threshold: dict | None = None  # false-positive rate and recall at the saved threshold
+    pixel_metrics: str = "exact"  # or "streamed": from histograms (diffad.metrics.streamed)
 
 
-def _pixel_part(results: CategoryResults, index: np.ndarray, aupro: str) -> tuple[PooledPixels, dict]:
-    pixels = PooledPixels.from_maps([results.maps[i] for i in index], [results.masks[i] for i in index])
+def _pixel_part(results: CategoryResults, index: np.ndarray, aupro: str):
+    """The pooled pixels (or their histogram, streamed) of the images at `index`, and their metrics."""
+    if results.pixels is not None:
+        groups = {(int(results.labels[i]), results.defect_types[i]) for i in index}
+        pixels = PixelHistogram.merged(results.pixels[g] for g in sorted(groups) if g in results.pixels)
+    elif isinstance(results.maps, dict):
+        raise DataError(f"{results.category}: the maps of only some images are kept, and no histograms")
+    else:
+        pixels = PooledPixels.from_maps([results.maps[i] for i in index], [results.masks[i] for i in index])
     return pixels, pixel_metrics(pixels, aupro) if results.has_masks else dict.fromkeys(PIXEL_KEYS)
 
 
@@ -88,7 +131,7 @@ def summarize(results: CategoryResults, aupro: str = "exact") -> CategorySummary
             {**image_metrics(results.scores[chosen], results.labels[chosen]), **values}
         )
     neg, pos = np.sort(results.scores[results.labels == 0]), np.sort(results.scores[results.labels == 1])
-    has_masks = results.has_masks and len(pixels.defect) > 0
+    has_masks = results.has_masks and pixels.num_defect > 0
     return CategorySummary(
         category=results.category,
         metrics=metrics,
@@ -100,6 +143,7 @@ def summarize(results: CategoryResults, aupro: str = "exact") -> CategorySummary
         pro=pixels.pro_points() if has_masks else None,
         colour_range=_colour_range(pixels),
         at_threshold=_at_threshold(results),
+        pixel_metrics="streamed" if results.pixels is not None else "exact",
     )
 
 
@@ -112,14 +156,12 @@ def _at_threshold(results: CategoryResults) -> dict | None:
     return {"name": name, **rates_at(results.scores, results.labels, value)}
 
 
-def _colour_range(pixels: PooledPixels) -> tuple[float, float]:
-    """The 1st to 99.9th percentile of all pixels (from a sample of about a million): one colour
-    scale for every panel of the category, not saturated by a few extreme pixels."""
-    step = max(1, (len(pixels.normal) + len(pixels.defect)) // 1_000_000)
-    sample = np.concatenate([pixels.normal[::step], pixels.defect[::step]])
-    if not len(sample):
+def _colour_range(pixels) -> tuple[float, float]:
+    """The 1st to 99.9th percentile of all pixels: one colour scale for every panel of the category,
+    not saturated by a few extreme pixels."""
+    if not pixels.num_normal + pixels.num_defect:
         return 0.0, 1.0
-    low, high = (float(v) for v in np.quantile(sample, [0.01, 0.999]))
+    low, high = (float(v) for v in pixels.quantiles([0.01, 0.999]))
     return (low, high) if high > low else (low, low + 1.0)
 
 

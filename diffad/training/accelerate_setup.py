@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from accelerate.state import AcceleratorState, GradientState, PartialState
 from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration
 from diffusers.optimization import get_scheduler
 
+from diffad.distributed import cpu_only_launch
 from diffad.errors import ConfigError
 
 logger = get_logger("diffad.training")
@@ -38,7 +38,7 @@ def make_accelerator(args) -> Accelerator:
     )
     try:
         accelerator = Accelerator(
-            cpu=_cpu_only_launch(),
+            cpu=cpu_only_launch(),
             gradient_accumulation_plugin=plugin,
             mixed_precision=args.mixed_precision,
             log_with=None if args.report_to == "none" else args.report_to,
@@ -53,14 +53,6 @@ def make_accelerator(args) -> Accelerator:
         main_process_only=False,
     )
     return accelerator
-
-
-def _cpu_only_launch() -> bool:
-    """torchrun on a machine without an accelerator: accelerate needs `cpu=True` to pick gloo DDP."""
-    has_accelerator = (
-        torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
-    )
-    return "LOCAL_RANK" in os.environ and not has_accelerator
 
 
 def reset_accelerate_state() -> None:
