@@ -250,3 +250,23 @@ def test_evaluate_reports_a_pipeline_without_reconstructions(tmp_path):
     html = "".join(p.read_text() for p in out.rglob("*.html"))
     assert "data:image/png" in html and "anomaly map" in html.lower()  # input and map panels
     assert "reconstruction</" not in html.lower()  # and no reconstruction row
+
+
+def test_stage_two_reuses_stage_one_embeddings_with_the_same_latents(tmp_path, monkeypatch):
+    from diffad.training import feature_stage
+    from diffad.training.data import good_training_samples
+
+    data = make_mvtec_tree(tmp_path / "data", size=SIZE, n_train=5)
+    monkeypatch.setattr(feature_stage, "build_feature_encoder", lambda *a, **k: tiny_encoder())
+    folder = tmp_path / "fe"
+    feature_stage.run_feature_stage(
+        folder, str(data), None, variant="lite0", channels=3, resolution=SIZE, grid=GRID
+    )
+    samples = good_training_samples(str(data), None)
+    encoder = FeatureEncoder.from_pretrained(folder)
+    cached = feature_stage.cached_latents(encoder, folder, samples)
+    from diffad.training.data import load_images
+
+    direct = encoder.encode(load_images(samples, SIZE, 3)).latents
+    torch.testing.assert_close(cached[0], direct, rtol=1e-5, atol=1e-5)
+    assert feature_stage.cached_latents(encoder, folder, samples) is None  # taken once

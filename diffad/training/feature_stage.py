@@ -18,6 +18,22 @@ from tqdm.auto import tqdm
 from diffad.errors import ConfigError, DataError
 
 STD_FLOOR = 1e-2  # of the median channel's standard deviation
+# The embeddings of the last fit in this process, for stage 2 of the same `diffad fit`: the backbone
+# pass is most of a CPU fit's stage 1, and stage 2 would repeat it. Keyed by folder and images.
+_EMBEDDINGS: dict[tuple, torch.Tensor] = {}
+
+
+def _key(folder, samples) -> tuple:
+    return (str(Path(folder).resolve()), tuple(str(s.image_path) for s in samples))
+
+
+def cached_latents(encoder, folder, samples) -> torch.Tensor | None:
+    """Stage 2's latents (1, N, k, g, g) of `samples` from the embeddings stage 1 left for `folder`, or
+    None (another process, a resumed fit, other images). The same values `encoder.encode` gives."""
+    embeddings = _EMBEDDINGS.pop(_key(folder, samples), None)
+    if embeddings is None:
+        return None
+    return encoder.whiten(encoder.project(embeddings.to(encoder.channel_mean.device)))[None].float().cpu()
 
 
 @torch.no_grad()
@@ -101,7 +117,10 @@ def run_feature_stage(
     loader = torch.utils.data.DataLoader(
         training_images(samples, resolution, channels), batch_size=batch_size
     )
-    fit_statistics(encoder, embed_images(encoder, loader, show_progress=True))
+    embeddings = embed_images(encoder, loader, show_progress=True)
+    fit_statistics(encoder, embeddings)
+    _EMBEDDINGS.clear()
+    _EMBEDDINGS[_key(output_dir, samples)] = embeddings.float()
     write_final_atomic(Path(output_dir), lambda tmp: encoder.save_pretrained(str(tmp)), marker="config.json")
     return {
         "stage": "features",

@@ -155,15 +155,21 @@ def main(args: argparse.Namespace) -> dict:
     accelerator = start_stage(args, name="train_unet", model_entries=PIPELINE_ENTRIES)
     device, main_process = accelerator.device, accelerator.is_main_process
     vae = None if vae is None else vae.to(device)
-    dataset = training_images(samples, args.resolution, args.channels, show_progress=main_process)
-    versions = encode_dataset(
-        vae,
-        dataset,
-        batch_size=max(4 * args.train_batch_size, 8),
-        device=device,
-        mirrored=args.random_flip,  # a coin per row picks the image or its mirror
-        show_progress=main_process,
-    )
+    versions = None
+    if features and not args.random_flip:  # `diffad fit`'s stage 1 has just embedded these images
+        from diffad.training.feature_stage import cached_latents
+
+        versions = cached_latents(vae, args.vae, samples)
+    if versions is None:
+        dataset = training_images(samples, args.resolution, args.channels, show_progress=main_process)
+        versions = encode_dataset(
+            vae,
+            dataset,
+            batch_size=max(4 * args.train_batch_size, 8),
+            device=device,
+            mirrored=args.random_flip,  # a coin per row picks the image or its mirror
+            show_progress=main_process,
+        )
     scale = 1.0
     if vae is not None and not features:  # whitened feature latents have unit scale already
         scale = scaling_factor(versions[0])
