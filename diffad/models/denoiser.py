@@ -34,14 +34,12 @@ def predict_noise(
     t: torch.Tensor,
     alphas_cumprod: torch.Tensor,
     prior: str = "none",
-    class_labels=None,
 ) -> torch.Tensor:
     """ε̂(z_t, t): the UNet's output, plus sqrt(1 - ᾱ_t) z_t under the Gaussian prior."""
     t = t.to(z_t.device)
     if t.ndim == 0:
         t = t.expand(z_t.shape[0])
-    kwargs = {} if class_labels is None else {"class_labels": class_labels}
-    out = unet(z_t, t, **kwargs).sample
+    out = unet(z_t, t).sample
     if prior == "gaussian":
         scale = (1.0 - alphas_cumprod.to(z_t.device)[t.long()]).sqrt().to(z_t.dtype)
         out = out + scale.view(-1, *([1] * (z_t.ndim - 1))) * z_t

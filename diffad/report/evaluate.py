@@ -193,8 +193,6 @@ def _case_reconstructions(detector, dataset, samples, indices: list[int], batch_
     images = [dataset[i]["image"] for i in indices]
     generators = [image_generator(seed, samples[i]) for i in indices]
     output = call_detector(detector, images, batch_size, generators)
-    if output.reconstructions is None:  # a first stage without a decoder: the report shows input and map
-        return None
     return {i: to_rgb8(np.asarray(r)) for i, r in zip(indices, output.reconstructions)}
 
 
@@ -282,6 +280,7 @@ def run_category(
     if (
         results.reconstructions is None
         and "output_reconstructions" in inspect.signature(detector.__call__).parameters
+        and getattr(detector, "has_decoder", True)  # a feature first stage: input and map panels only
     ):
         indices = case_candidates(results.labels, results.scores, num_cases)
         results.reconstructions = _case_reconstructions(detector, dataset, samples, indices, batch_size, seed)

@@ -64,7 +64,7 @@ def fit_statistics(encoder, embeddings: torch.Tensor) -> None:
     std = std.clamp_min(STD_FLOOR * float(std.median()) + 1e-12)
     standard = (flat - mean) / std
     k = int(encoder.config.latent_channels)
-    eigenvalues, vectors = torch.linalg.eigh(standard.T @ standard / len(standard))
+    _, vectors = torch.linalg.eigh(standard.T @ standard / len(standard))
     vectors = vectors.flip(-1)[:, :k]  # largest first
     signs = torch.sign(vectors[vectors.abs().argmax(0), torch.arange(k)])  # the largest entry positive
     components = vectors * signs
