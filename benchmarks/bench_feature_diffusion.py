@@ -155,7 +155,11 @@ def main(args) -> list[dict]:
             print(
                 rows[-1]["set"],
                 rows[-1]["detector"],
-                {k: round(v, 3) for k, v in metrics.items() if k in ("image_auroc", "pixel_auroc", "aupro") and v is not None},
+                {
+                    k: round(v, 3)
+                    for k, v in metrics.items()
+                    if k in ("image_auroc", "pixel_auroc", "aupro") and v is not None
+                },
                 flush=True,
             )
         if args.references:
