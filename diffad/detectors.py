@@ -137,10 +137,53 @@ def detector_marker(model_dir: str | os.PathLike) -> str:
     for marker in LOADERS:
         if (folder / marker).is_file():
             return marker
+    separate = sorted(p.name for p in folder.iterdir() if p.is_dir() and any((p / m).is_file() for m in LOADERS))
+    if separate:
+        raise ConfigError(
+            f"{folder} holds one model per category ({', '.join(separate)}): pass --category NAME, or "
+            f"--model {folder / separate[0]}"
+        )
     raise ConfigError(
         f"{folder} holds none of {', '.join(LOADERS)}: pass a folder written by diffad fit, "
         "AnomalyDetectionPipeline.save_pretrained or a baseline's save_pretrained"
     )
+
+
+def model_for_category(model_dir: str | os.PathLike, category: str | None) -> Path:
+    """`model_dir/<category>` when it holds a saved detector (`diffad fit --separate`: one model per
+    category), else `model_dir` (one model, of that category or of many)."""
+    model_dir = Path(model_dir)
+    if category is None:
+        return model_dir
+    sub = model_dir / category
+    return sub if sub.is_dir() and any((sub / marker).is_file() for marker in LOADERS) else model_dir
+
+
+def detector_categories(detector) -> list[str]:
+    """The categories a detector tells apart: a pipeline's of several categories; [] for a model of one
+    (it needs none, and detects other sets too) or a detector that does not."""
+    names = list(getattr(detector, "categories", None) or [])
+    return names if len(names) > 1 else []
+
+
+def category_scope(detector, category: str | None):
+    """A context in which `detector` works as `category` (a pipeline of several categories: its own
+    statistics, weights and thresholds; an unknown name is a ConfigError listing the known ones). A
+    detector that does not tell categories apart (a reference detector, an older pipeline) ignores it."""
+    from contextlib import nullcontext
+
+    if category is None or not detector_categories(detector) or not hasattr(detector, "use_category"):
+        return nullcontext(detector)
+    return detector.use_category(category)
+
+
+def category_options(detector, category: str | None) -> dict[str, Any]:
+    """The keyword arguments that tell a detector call the images' category (none when it takes none)."""
+    if category is None or not detector_categories(detector):
+        return {}
+    with category_scope(detector, category):  # an unknown category fails here, before any image runs
+        pass
+    return {"category": category}
 
 
 def load_detector(model_dir: str | os.PathLike, device: str | None = None):

@@ -10,6 +10,7 @@ calibration statistics live in the `scorer` component, so a saved folder detects
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,7 +23,7 @@ from torch import nn
 
 from diffad.errors import ConfigError
 from diffad.models import downsample_factor
-from diffad.models.denoiser import noise_prior, predict_noise
+from diffad.models.denoiser import is_class_conditional, noise_prior, null_label, predict_noise
 from diffad.models.feature_encoder import FeatureEncoder
 from diffad.noise import sample_noise
 from diffad.schedulers import fresh_scheduler, partial_timesteps
@@ -134,6 +135,23 @@ class AnomalyDetectionPipeline(DiffusionPipeline):
     def resolution(self) -> int:
         return int(self.scorer.config.resolution)
 
+    @property
+    def categories(self) -> list[str]:
+        """The categories the model was fitted on (several: one model for many, given at detection)."""
+        return self.scorer.categories
+
+    @contextmanager
+    def use_category(self, category: str | None):
+        """Detect, calibrate or score as `category` (None: the category-free fallback): its own
+        statistics, weights and thresholds in the scorer, its Gaussians in a class-conditional first
+        stage, its class for a class-conditional UNet. An unknown name lists the known ones."""
+        with self.scorer.use_category(category):
+            previous, self._category = getattr(self, "_category", None), self.scorer.active_category
+            try:
+                yield self
+            finally:
+                self._category = previous
+
     # ---- detection ----------------------------------------------------------------------------------
 
     @torch.no_grad()
@@ -149,6 +167,7 @@ class AnomalyDetectionPipeline(DiffusionPipeline):
         num_ensemble: int | None = None,
         batch_size: int = 8,
         output_reconstructions: bool = True,
+        category: str | None = None,
     ) -> AnomalyDetectionOutput | tuple:
         r"""
         Args:
@@ -167,8 +186,29 @@ class AnomalyDetectionPipeline(DiffusionPipeline):
             output_reconstructions: False skips decoding the denoised latents when no residual needs
                 them (the latent and feature-Gaussian residuals do not): the largest cost of a small
                 latent pipeline. `reconstructions` is then None (those decoded anyway still come back).
+            category: the images' category, for a model of several categories (ADer's protocol; see
+                `categories`); None uses its category-free fallback. A model of one category needs none.
             None for a setting means the scorer's config.
         """
+        with self.use_category(category):
+            return self._detect(
+                image, strength, num_inference_steps, noise, generator, output_type, return_dict, num_ensemble,
+                batch_size, output_reconstructions,
+            )  # fmt: skip
+
+    def _detect(
+        self,
+        image,
+        strength,
+        num_inference_steps,
+        noise,
+        generator,
+        output_type,
+        return_dict,
+        num_ensemble,
+        batch_size,
+        output_reconstructions,
+    ):
         settings = self._settings(strength, num_inference_steps, noise, num_ensemble)
         check_choice("output_type", output_type, ("np", "pt", "pil"))
         images = to_tensor_list(image, self.image_channels)
@@ -206,6 +246,7 @@ class AnomalyDetectionPipeline(DiffusionPipeline):
         batch_size: int = 8,
         gaussian_images=None,
         feature_head_steps: int = 300,
+        category: str | None = None,
     ) -> AnomalyDetectionPipeline:
         """Record the mean and standard deviation of each residual over good images, per pixel or
         global, in the scorer; later maps are standardised by them (z-scores, comparable across
@@ -218,32 +259,43 @@ class AnomalyDetectionPipeline(DiffusionPipeline):
         With `feature_head_weight` > 0 the feature head is trained next, on the same images and
         synthetic defects made on them, for `feature_head_steps` (seeded by `generator`'s initial seed).
         Gaussians or a head already fitted (a trained folder) are kept unless `gaussian_images` is given:
-        only the statistics are taken again. The fitting itself lives in `diffad.scoring.fitting`."""
-        self.scorer.register_to_config(threshold_f1=None, threshold_fpr=None)  # they belong to old statistics
-        return fitting.calibrate(
-            self, good_images, generator, mode, batch_size, gaussian_images, feature_head_steps
-        )
+        only the statistics are taken again. The fitting itself lives in `diffad.scoring.fitting`.
+        With `category` (a model of several categories), the statistics are that category's own, from
+        its good images; the fitted Gaussians and head are shared."""
+        with self.use_category(category):
+            self.scorer.update_settings(threshold_f1=None, threshold_fpr=None)  # they belong to old statistics
+            return fitting.calibrate(
+                self, good_images, generator, mode, batch_size, gaussian_images, feature_head_steps
+            )
 
     @torch.no_grad()
     def residual_maps(
-        self, image, generator: torch.Generator | list[torch.Generator] | None = None, batch_size: int = 8
+        self,
+        image,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        batch_size: int = 8,
+        category: str | None = "active",
     ) -> dict[str, torch.Tensor]:
         """Each residual with a weight above 0, smoothed but neither standardised nor weighted, at the
         working resolution: name -> (N, R, R). `scorer.combine` turns them into maps; comparing
         settings on them costs one detection pass, not one per setting."""
         parts: dict[str, list[torch.Tensor]] = {}
-        for residuals in self.residual_batches(image, generator, batch_size):
+        for residuals in self.residual_batches(image, generator, batch_size, category):
             for name, residual in residuals.items():
                 parts.setdefault(name, []).append(residual.float().cpu())
         return {name: torch.cat(maps) for name, maps in parts.items()}
 
-    def residual_batches(self, image, generator=None, batch_size: int = 8):
-        """`residual_maps` one batch at a time (name -> (n, R, R) per batch), with the scorer's settings."""
-        settings = self._settings(None, None, None, None)
-        images = to_tensor_list(image, self.image_channels)
-        seeds = image_seeds(generator, len(images))
-        for start, batch in self._batches(images, batch_size):
-            yield self._residual_maps(batch, settings, seeds[start : start + len(batch)])[0]
+    def residual_batches(self, image, generator=None, batch_size: int = 8, category: str | None = "active"):
+        """`residual_maps` one batch at a time (name -> (n, R, R) per batch), with the scorer's settings
+        (those of `category`; by default the category `use_category` is inside)."""
+        if category == "active":
+            category = getattr(self, "_category", None)
+        with self.use_category(category):
+            settings = self._settings(None, None, None, None)
+            images = to_tensor_list(image, self.image_channels)
+            seeds = image_seeds(generator, len(images))
+            for start, batch in self._batches(images, batch_size):
+                yield self._residual_maps(batch, settings, seeds[start : start + len(batch)])[0]
 
     def _embedding(self, x: torch.Tensor) -> torch.Tensor:
         return fg.pooled_embedding(self._features(x))
@@ -326,7 +378,11 @@ class AnomalyDetectionPipeline(DiffusionPipeline):
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
         if self.vae is None:
             return x
-        encoded = self.vae.encode(x.to(self.vae.dtype))
+        category = getattr(self, "_category", None)
+        if category is not None and getattr(self.vae, "categories", None):  # its own Gaussians
+            encoded = self.vae.encode(x.to(self.vae.dtype), category=category)
+        else:
+            encoded = self.vae.encode(x.to(self.vae.dtype))
         latent_dist = getattr(encoded, "latent_dist", None)
         h = latent_dist.mean if latent_dist is not None else encoded.latents
         shift = getattr(self.vae.config, "shift_factor", None) or 0.0
@@ -349,7 +405,12 @@ class AnomalyDetectionPipeline(DiffusionPipeline):
     def _predict_noise(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The UNet's noise prediction, with the Gaussian prior of a whitened first stage (`denoiser`)."""
         alphas = self.scheduler.alphas_cumprod
-        return predict_noise(self.unet, z, t, alphas, noise_prior(self.vae))
+        labels = None
+        if is_class_conditional(self.unet):
+            category = getattr(self, "_category", None)
+            index = null_label(self.unet) if category is None else self.categories.index(category)
+            labels = torch.full((z.shape[0],), index, device=z.device, dtype=torch.long)
+        return predict_noise(self.unet, z, t, alphas, noise_prior(self.vae), labels)
 
     def _direct_residual(self, name: str, z0, settings: DetectionSettings, generators, size) -> torch.Tensor:
         """latent_norm, denoise or score of the input latent (`diffad.scoring.latent_scores`), (N, H, W)."""

@@ -264,9 +264,15 @@ def test_stage_two_reuses_stage_one_embeddings_with_the_same_latents(tmp_path, m
     )
     samples = good_training_samples(str(data), None)
     encoder = FeatureEncoder.from_pretrained(folder)
-    cached = feature_stage.cached_latents(encoder, folder, samples)
     from diffad.training.data import load_images
 
+    def no_images():
+        raise AssertionError("stage 2 embedded the images again")
+
+    cached, per_category = feature_stage.stage_latents(encoder, folder, samples, no_images)
+    assert per_category is None  # an encoder without categories
     direct = encoder.encode(load_images(samples, SIZE, 3)).latents
     torch.testing.assert_close(cached[0], direct, rtol=1e-5, atol=1e-5)
-    assert feature_stage.cached_latents(encoder, folder, samples) is None  # taken once
+    calls = []
+    feature_stage.stage_latents(encoder, folder, samples, lambda: calls.append(1) or load_images(samples, SIZE, 3))
+    assert calls  # taken once: a second fit embeds its images itself

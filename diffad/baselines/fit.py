@@ -57,12 +57,14 @@ def fit_baseline(
     their scores, and those of a synthetic defect made on each, set the detector's saved thresholds
     (`diffad.scoring.thresholds`; `fpr` is the target false-positive rate). Fewer than 4: none.
     """
-    from diffad.data import AnomalyDataset, load_samples
+    from diffad.data import AnomalyDataset
 
     output_dir = Path(output_dir)
     if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
         raise OutputExistsError(f"{output_dir} is not empty; choose another folder or pass --overwrite")
-    samples = [s for s in load_samples(data, category=category, split="train") if s.label == 0]
+    from diffad.training.data import load_categories
+
+    samples = [s for s in load_categories(data, category, split="train") if s.label == 0]
     if not samples:
         raise DataError(f"{data} has no good training images for category {category!r}")
     check_fpr(fpr)

@@ -34,13 +34,24 @@ def predict_noise(
     t: torch.Tensor,
     alphas_cumprod: torch.Tensor,
     prior: str = "none",
+    class_labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """ε̂(z_t, t): the UNet's output, plus sqrt(1 - ᾱ_t) z_t under the Gaussian prior."""
+    """ε̂(z_t, t): the UNet's output, plus sqrt(1 - ᾱ_t) z_t under the Gaussian prior. `class_labels`
+    (N,): the categories of a class-conditional UNet (`class_labels(unet, ...)`); None for one without."""
     t = t.to(z_t.device)
     if t.ndim == 0:
         t = t.expand(z_t.shape[0])
-    out = unet(z_t, t).sample
+    out = unet(z_t, t, class_labels=class_labels).sample
     if prior == "gaussian":
         scale = (1.0 - alphas_cumprod.to(z_t.device)[t.long()]).sqrt().to(z_t.dtype)
         out = out + scale.view(-1, *([1] * (z_t.ndim - 1))) * z_t
     return out
+
+
+def is_class_conditional(unet) -> bool:
+    return getattr(unet.config, "num_class_embeds", None) is not None
+
+
+def null_label(unet) -> int:
+    """The class of a class-conditional UNet that stands for "no category given" (the last one)."""
+    return int(unet.config.num_class_embeds) - 1

@@ -54,6 +54,10 @@ class FeatureEncoder(ModelMixin, ConfigMixin):
         noise_prior: "gaussian" when the UNet adds its correction to the Gaussian-optimal noise prediction
             (`diffad.models.denoiser`; right for position whitening), else "none".
         fitted: set by `set_statistics`; an unfitted encoder refuses to encode.
+        categories: with names (a class-conditional first stage for one model of many categories),
+            each category also has its own per-position Gaussians (`set_category_statistics`), and
+            `encode(images, category=name)` whitens by them: the prior the UNet starts from is then
+            that category's. Without a category the Gaussians of all the good images are used.
     """
 
     has_decoder = False  # the pipeline computes latent-space residuals only
@@ -73,6 +77,7 @@ class FeatureEncoder(ModelMixin, ConfigMixin):
         scaling_factor: float = 1.0,
         noise_prior: str = "gaussian",
         fitted: bool = False,
+        categories: list[str] | None = None,
     ):
         super().__init__()
         if noise_prior not in NOISE_PRIORS:
@@ -101,6 +106,11 @@ class FeatureEncoder(ModelMixin, ConfigMixin):
         self.register_buffer("components", torch.eye(channels)[:, :k].contiguous())
         self.register_buffer("position_mean", torch.zeros(positions, k))
         self.register_buffer("position_whitener", torch.eye(k).expand(positions, k, k).contiguous())
+        count = len(categories or [])
+        self.register_buffer("category_mean", torch.zeros(count, positions, k), persistent=count > 0)
+        self.register_buffer(
+            "category_whitener", torch.eye(k).expand(count, positions, k, k).contiguous(), persistent=count > 0
+        )
 
     @classmethod
     def from_wheel(cls, variant: str = "lite0", **config) -> FeatureEncoder:
@@ -143,26 +153,50 @@ class FeatureEncoder(ModelMixin, ConfigMixin):
         mean, std = self.channel_mean[:, None, None], self.channel_std[:, None, None]
         return torch.einsum("ndhw,dk->nkhw", (embedding.float() - mean) / std, self.components.float())
 
-    def whiten(self, z: torch.Tensor) -> torch.Tensor:
-        """(N, k, g, g) -> each position's latent whitened by its Gaussian (`whitening="position"`)."""
+    @property
+    def categories(self) -> list[str]:
+        return list(self.config.categories or [])
+
+    def category_indices(self, category, count: int) -> torch.Tensor | None:
+        """(count,) indices into `categories` of a name (the whole batch) or of one name per image;
+        None for None (all the good images' Gaussians)."""
+        if category is None:
+            return None
+        names = [category] * count if isinstance(category, str) else list(category)
+        known = self.categories
+        unknown = sorted({n for n in names if n not in known})
+        if unknown or len(names) != count:
+            raise ConfigError(
+                f"the feature first stage has per-category Gaussians for {', '.join(known) or 'no category'}; "
+                f"got {unknown or names}"
+            )
+        return torch.tensor([known.index(n) for n in names])
+
+    def whiten(self, z: torch.Tensor, category=None) -> torch.Tensor:
+        """(N, k, g, g) -> each position's latent whitened by its Gaussian (`whitening="position"`), that of
+        `category` (a name, or one per image) when given and the encoder has per-category Gaussians."""
         if self.config.whitening != "position":
             return z
         n, k, h, w = z.shape
-        flat = z.flatten(2).transpose(1, 2) - self.position_mean.float()  # (N, P, k)
-        return (
-            torch.einsum("pij,npj->npi", self.position_whitener.float(), flat)
-            .transpose(1, 2)
-            .reshape(n, k, h, w)
-        )
+        index = self.category_indices(category, n) if self.categories else None
+        flat = z.flatten(2).transpose(1, 2)  # (N, P, k)
+        if index is None:
+            flat = flat - self.position_mean.float()
+            white = torch.einsum("pij,npj->npi", self.position_whitener.float(), flat)
+        else:
+            index = index.to(z.device)
+            flat = flat - self.category_mean.float()[index]
+            white = torch.einsum("npij,npj->npi", self.category_whitener.float()[index], flat)
+        return white.transpose(1, 2).reshape(n, k, h, w)
 
     @torch.no_grad()
-    def encode(self, images: torch.Tensor, return_dict: bool = True):
+    def encode(self, images: torch.Tensor, return_dict: bool = True, category=None):
         if not self.config.fitted:
             raise ConfigError(
                 "this FeatureEncoder has no statistics yet: fit it on good images first "
                 "(diffad fit --first_stage features, or diffad.training.feature_stage.fit_feature_encoder)"
             )
-        latents = self.whiten(self.project(self.embed(images))).to(self.channel_mean.dtype)
+        latents = self.whiten(self.project(self.embed(images)), category).to(self.channel_mean.dtype)
         return FeatureEncoderOutput(latents=latents) if return_dict else (latents,)
 
     def decode(self, *args, **kwargs):
@@ -194,3 +228,13 @@ class FeatureEncoder(ModelMixin, ConfigMixin):
                 )
             buffer.copy_(value.to(buffer))
         self.register_to_config(fitted=True)
+
+    def set_category_statistics(self, mean: torch.Tensor, whitener: torch.Tensor) -> None:
+        """Each category's per-position Gaussians: mean (C, P, k) and inverse Cholesky factor (C, P, k, k)."""
+        for name, value in (("category_mean", mean), ("category_whitener", whitener)):
+            buffer = getattr(self, name)
+            if tuple(value.shape) != tuple(buffer.shape):
+                raise ConfigError(
+                    f"FeatureEncoder {name}: got shape {tuple(value.shape)}, needs {tuple(buffer.shape)}"
+                )
+            buffer.copy_(value.to(buffer))

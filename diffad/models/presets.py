@@ -80,8 +80,11 @@ _FEATURE_UNETS = {
 }
 
 
-def build_feature_unet(preset: str = "small", in_channels: int = 152, sample_size: int = 16) -> UNet2DModel:
-    """A freshly initialised UNet2DModel of the preset for feature latents (convolutions only)."""
+def build_feature_unet(
+    preset: str = "small", in_channels: int = 152, sample_size: int = 16, num_class_embeds: int | None = None
+) -> UNet2DModel:
+    """A freshly initialised UNet2DModel of the preset for feature latents (convolutions only); with
+    `num_class_embeds`, class-conditional (UNet2DModel's class embedding, added to the time embedding)."""
     spec = _check(preset, _FEATURE_UNETS)
     depth = len(spec["block_out_channels"])
     return UNet2DModel(
@@ -90,6 +93,7 @@ def build_feature_unet(preset: str = "small", in_channels: int = 152, sample_siz
         out_channels=in_channels,
         down_block_types=("DownBlock2D",) * depth,
         up_block_types=("UpBlock2D",) * depth,
+        num_class_embeds=num_class_embeds,
         **spec,
     )
 
@@ -125,8 +129,11 @@ def build_autoencoder(preset: str = "small", model_type: str = "kl", in_channels
     raise ConfigError(f"unknown autoencoder type {model_type!r}: use one of {', '.join(MODEL_TYPES)}")
 
 
-def build_unet(preset: str = "small", in_channels: int = 4, sample_size: int = 32) -> UNet2DModel:
-    """A freshly initialised UNet2DModel of the preset that predicts noise of `in_channels` channels."""
+def build_unet(
+    preset: str = "small", in_channels: int = 4, sample_size: int = 32, num_class_embeds: int | None = None
+) -> UNet2DModel:
+    """A freshly initialised UNet2DModel of the preset that predicts noise of `in_channels` channels
+    (class-conditional with `num_class_embeds`)."""
     spec = _check(preset, _UNETS)
     if in_channels < 1 or sample_size < 1:
         raise ConfigError(f"in_channels and sample_size must be positive, got {in_channels}, {sample_size}")
@@ -136,7 +143,13 @@ def build_unet(preset: str = "small", in_channels: int = 4, sample_size: int = 3
             f"the {preset} UNet halves its input {len(spec['block_out_channels']) - 1} times: "
             f"sample_size must be a multiple of {step}, got {sample_size}"
         )
-    return UNet2DModel(sample_size=sample_size, in_channels=in_channels, out_channels=in_channels, **spec)
+    return UNet2DModel(
+        sample_size=sample_size,
+        in_channels=in_channels,
+        out_channels=in_channels,
+        num_class_embeds=num_class_embeds,
+        **spec,
+    )
 
 
 def downsample_factor(vae) -> int:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from diffad.detectors import LOADERS, load_detector
+from diffad.detectors import category_options, category_scope, load_detector, model_for_category
 from diffad.errors import ConfigError, DataError, OutputExistsError
 from diffad.files import atomic_write
 from diffad.metrics.ranking import MetricWarning
@@ -72,12 +72,6 @@ def detector_settings(detector, folder: Path) -> dict[str, Any]:
     else:
         settings["config"] = dict(getattr(detector, "config", {}) or {})
     return settings
-
-
-def model_for_category(model_dir: Path, category: str) -> Path:
-    """`model_dir/<category>` when it holds a saved detector (one model per category), else `model_dir`."""
-    sub = model_dir / category
-    return sub if sub.is_dir() and any((sub / marker).is_file() for marker in LOADERS) else model_dir
 
 
 def spread(items: list, limit: int | None) -> list:
@@ -175,8 +169,10 @@ def keyed_generator(key: str) -> torch.Generator:
     return torch.Generator().manual_seed(int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little"))
 
 
-def call_detector(detector, images: list, batch_size: int, generators: list, reconstructions: bool = True):
-    kwargs: dict[str, Any] = {"output_type": "np", "batch_size": batch_size}
+def call_detector(
+    detector, images: list, batch_size: int, generators: list, reconstructions: bool = True, category=None
+):
+    kwargs: dict[str, Any] = {"output_type": "np", "batch_size": batch_size, **category_options(detector, category)}
     parameters = inspect.signature(detector.__call__).parameters
     if "generator" in parameters:
         kwargs["generator"] = generators
@@ -192,7 +188,7 @@ def _case_reconstructions(detector, dataset, samples, indices: list[int], batch_
 
     images = [dataset[i]["image"] for i in indices]
     generators = [image_generator(seed, samples[i]) for i in indices]
-    output = call_detector(detector, images, batch_size, generators)
+    output = call_detector(detector, images, batch_size, generators, category=samples[indices[0]].category if indices else None)
     return {i: to_rgb8(np.asarray(r)) for i, r in zip(indices, output.reconstructions)}
 
 
@@ -236,7 +232,9 @@ def run_category(
             images = [item["image"] for item in items]
             began = time.perf_counter()
             generators = [image_generator(seed, samples[i]) for i in batch]
-            output = call_detector(detector, images, batch_size, generators, reconstructions=False)
+            output = call_detector(
+                detector, images, batch_size, generators, reconstructions=False, category=category
+            )
             collector.seconds += time.perf_counter() - began
             scores = np.asarray(output.anomaly_scores, dtype=np.float64).reshape(-1)
             recons = output.reconstructions if output.reconstructions is not None else [None] * len(items)
@@ -286,7 +284,8 @@ def run_category(
         results.reconstructions = _case_reconstructions(detector, dataset, samples, indices, batch_size, seed)
     from diffad.scoring.thresholds import resolve
 
-    results.saved_threshold = resolve(detector)
+    with category_scope(detector, category):  # a model of many categories: this one's threshold
+        results.saved_threshold = resolve(detector)
     return results
 
 

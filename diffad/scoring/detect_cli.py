@@ -89,6 +89,12 @@ def register(subparsers) -> None:
         help="top of the overlay colour range (a z-score, above 0) for a calibrated pipeline",
     )
     parser.add_argument(
+        "--category",
+        default=None,
+        help="the images' category, for a model of several categories (diffad fit on a root) or a folder "
+        "of one model per category (diffad fit --separate); default: the model's category-free fallback",
+    )
+    parser.add_argument(
         "--threshold",
         default=None,
         metavar="f1|fpr|VALUE",
@@ -160,6 +166,7 @@ def _settings(args: argparse.Namespace, inputs: list[tuple[Path, str]]) -> dict:
         "overlay_max": args.overlay_max,
         "mixed_precision": args.mixed_precision,
         "threshold": args.threshold,
+        "category": args.category,
     }
 
 
@@ -207,7 +214,14 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from diffad.data.images import check_images, listed, load_image
-    from diffad.detectors import detector_marker, load_detector, resolve_device
+    from diffad.detectors import (
+        category_options,
+        category_scope,
+        detector_marker,
+        load_detector,
+        model_for_category,
+        resolve_device,
+    )
     from diffad.distributed import process_state, shard
     from diffad.files import atomic_write
     from diffad.report.evaluate import keyed_generator
@@ -219,7 +233,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"--overlay_max must be a number above 0 (a z-score such as 5), not {args.overlay_max}"
         )
-    detector_marker(args.model)  # a wrong folder is named before the images are read
+    model_dir = model_for_category(args.model, args.category)
+    detector_marker(model_dir)  # a wrong folder is named before the images are read
     resolve_device(args.device)
     inputs = find_inputs(args.input)
     odd = check_images([path for path, _ in inputs])  # every broken file named before any work
@@ -234,11 +249,13 @@ def run(args: argparse.Namespace) -> int:
     ]
     settings = _settings(args, inputs)
     resume = _check_output_dir(out, settings, targets, args.overwrite)
-    pipe = load_detector(args.model, args.device)
+    pipe = load_detector(model_dir, args.device)
+    category = category_options(pipe, args.category)  # an unknown category lists the known ones
     scorer = getattr(pipe, "scorer", None)  # a reference detector has none, and is not calibrated
     calibrated = scorer is not None and scorer.config.calibration != "none"
     channels = int(getattr(pipe, "image_channels", 3))
-    chosen = resolve(pipe, args.threshold, where=args.model)
+    with category_scope(pipe, args.category):
+        chosen = resolve(pipe, args.threshold, where=args.model)
     threshold = "" if chosen is None else repr(chosen[1])
     seeded = "generator" in inspect.signature(pipe.__call__).parameters
     state = process_state()
@@ -264,7 +281,7 @@ def run(args: argparse.Namespace) -> int:
             # that was never interrupted (a map depends, to rounding, on its batch's shapes).
             batch = [inputs[i] for i in chunk]
             images = [load_image(path, channels) for path, _ in batch]
-            options = {"batch_size": args.batch_size, "output_type": "pt"}
+            options = {"batch_size": args.batch_size, "output_type": "pt", **category}
             if seeded:
                 options["generator"] = [keyed_generator(f"{args.seed}/{name}") for _, name in batch]
             result = pipe(images, **options)

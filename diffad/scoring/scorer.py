@@ -9,6 +9,7 @@ weight and sum; the image score is the maximum of the (optionally average-pooled
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +36,29 @@ SAMPLERS = ("ddim", "ddpm")
 NOISE_KINDS = ("simplex", "gaussian")
 CALIBRATIONS = ("none", "global", "per_pixel")
 DEVIATIONS = ("higher", "lower", "both")
+# The rows of a category's calibration statistics (`category_calibration`), every map in one buffer.
+CATEGORY_ROWS = (*RESIDUALS, *FITTED_MAPS, *LATENT_RESIDUALS)
+# What a category of a many-category model may set for itself (its `category_settings` entry).
+CATEGORY_KEYS = (
+    "calibration", "deviation", "threshold_f1", "threshold_fpr", "threshold_fpr_target",
+    *(f"{name}_weight" for name in CATEGORY_ROWS),
+)  # fmt: skip
+
+
+def resolve_category(categories: list[str] | None, category: str | None, what: str = "this model") -> str | None:
+    """`category` checked against a model's `categories`: None stays None (the category-free fallback);
+    an unknown name is an error listing the known ones."""
+    if category is None:
+        return None
+    known = list(categories or [])
+    if not known:
+        raise ConfigError(
+            f"{what} does not record which category it was fitted on, so it takes no category; "
+            f"leave category out (got {category!r})"
+        )
+    if category not in known:
+        raise ConfigError(f"{what} knows no category {category!r}; its categories: {', '.join(known)}")
+    return category
 
 
 def check_strengths(strength: float | list[float]) -> list[float]:
@@ -115,6 +139,11 @@ class AnomalyScorer(ModelMixin, ConfigMixin):
         threshold_f1, threshold_fpr, threshold_fpr_target, default_threshold: the image thresholds saved
             by `diffad fit` (see `diffad.scoring.thresholds`; None: not fitted) and which one gives the
             pipeline's verdicts ("f1" or "fpr").
+        categories: the categories of the good images the model was fitted on (None: not recorded).
+            With two or more (one model for many categories, ADer's protocol) each category may have its
+            own calibration statistics (`category_calibration`), weights, deviation and thresholds
+            (`category_settings`, name -> {setting: value}), used inside `use_category(name)`; the
+            settings above are the category-free fallback.
     """
 
     @register_to_config
@@ -159,8 +188,20 @@ class AnomalyScorer(ModelMixin, ConfigMixin):
         threshold_fpr: float | None = None,
         threshold_fpr_target: float = 0.01,
         default_threshold: str = "fpr",
+        categories: list[str] | None = None,
+        category_settings: dict[str, dict] | None = None,
     ):
         super().__init__()
+        names = list(categories or [])
+        if len(set(names)) != len(names):
+            raise ConfigError(f"categories must be distinct, got {names}")
+        unknown = sorted(set(category_settings or {}) - set(names))
+        if unknown:
+            raise ConfigError(f"category_settings for categories the scorer does not have: {unknown}")
+        for name, values in (category_settings or {}).items():
+            extra = sorted(set(values) - set(CATEGORY_KEYS))
+            if extra:
+                raise ConfigError(f"category_settings[{name!r}] has unknown settings {extra}")
         check_strengths(strength)
         check_choice("noise", noise, NOISE_KINDS)
         check_choice("sampler", sampler, SAMPLERS)
@@ -210,6 +251,61 @@ class AnomalyScorer(ModelMixin, ConfigMixin):
         )
         self.register_buffer("head_std", torch.ones(head_channels, *head_grid), persistent=head_channels > 0)
         self.feature_head = make_head(head_channels, int(feature_head_hidden)) if head_channels else None
+        # Per-category statistics exist for a model of several categories only (saved with it).
+        many = len(names) if len(names) > 1 else 0
+        per_category = torch.stack([torch.zeros(shape[1:]), torch.ones(shape[1:])])
+        per_category = per_category.expand(many, len(CATEGORY_ROWS), *per_category.shape).contiguous()
+        self.register_buffer("category_calibration", per_category, persistent=many > 0)
+        self._category: str | None = None  # the category `use_category` is inside (None: the fallback)
+
+    # ---- categories ---------------------------------------------------------------------------------
+
+    @property
+    def categories(self) -> list[str]:
+        return list(self.config.categories or [])
+
+    @property
+    def active_category(self) -> str | None:
+        return self._category
+
+    @contextmanager
+    def use_category(self, category: str | None):
+        """Inside, the scorer uses `category`'s own statistics and settings where it has them (None: the
+        category-free ones). An unknown category is a ConfigError listing the known ones."""
+        category = resolve_category(self.categories, category, "this model")
+        if len(self.categories) < 2:
+            category = None  # a model of one category: its settings are that category's
+        previous, self._category = self._category, category
+        try:
+            yield self
+        finally:
+            self._category = previous
+
+    def _category_values(self) -> dict:
+        if self._category is None:
+            return {}
+        return dict((self.config.category_settings or {}).get(self._category, {}))
+
+    def setting(self, key: str):
+        """A setting of the active category when it has its own, else the config's."""
+        values = self._category_values()
+        return values[key] if key in values else getattr(self.config, key)
+
+    def active_config(self) -> dict:
+        """The config with the active category's own settings over it."""
+        return {**dict(self.config), **self._category_values()}
+
+    def update_settings(self, **values) -> None:
+        """Set config values, or, inside `use_category`, that category's own (per-category keys only)."""
+        if self._category is None:
+            self.register_to_config(**values)
+            return
+        bad = sorted(set(values) - set(CATEGORY_KEYS))
+        if bad:
+            raise ConfigError(f"{bad} cannot differ between categories; set them without a category")
+        settings = {k: dict(v) for k, v in (self.config.category_settings or {}).items()}
+        settings.setdefault(self._category, {}).update(values)
+        self.register_to_config(category_settings=settings)
 
     def settings(
         self, strength=None, num_inference_steps=None, noise=None, num_ensemble=None
@@ -234,7 +330,7 @@ class AnomalyScorer(ModelMixin, ConfigMixin):
         return check_strengths(self.config.strength)
 
     def weight(self, name: str) -> float:
-        return float(getattr(self.config, f"{name}_weight"))
+        return float(self.setting(f"{name}_weight"))
 
     @property
     def denoise_timesteps(self) -> list[int]:
@@ -337,9 +433,12 @@ class AnomalyScorer(ModelMixin, ConfigMixin):
         return gaussian_blur(residual, float(self.config.smoothing_sigma))
 
     def standardise(self, name: str, residual: torch.Tensor) -> torch.Tensor:
-        if self.config.calibration == "none":
+        if self.setting("calibration") == "none":
             return residual
-        if name in FITTED_MAPS:
+        if "calibration" in self._category_values():
+            index = self.categories.index(self._category)
+            mean, std = self.category_calibration[index, CATEGORY_ROWS.index(name)].to(residual)
+        elif name in FITTED_MAPS:
             mean, std = getattr(self, FITTED_MAPS[name]).to(residual)
         elif name in LATENT_RESIDUALS:
             mean, std = self.latent_calibration[LATENT_RESIDUALS.index(name)].to(residual)
@@ -358,7 +457,7 @@ class AnomalyScorer(ModelMixin, ConfigMixin):
         """Weighted sum of the standardised, already smoothed residual maps (N, H, W). `weights` and
         `deviation` replace the config's for this call (settings being compared)."""
         total = None
-        deviation = check_choice("deviation", deviation or self.config.deviation, DEVIATIONS)
+        deviation = check_choice("deviation", deviation or self.setting("deviation"), DEVIATIONS)
         missing = [k for k, w in (weights or {}).items() if w > 0 and k not in residuals]
         if missing:
             raise ConfigError(f"weights given for residuals that were not computed: {', '.join(missing)}")
@@ -418,6 +517,11 @@ class AnomalyScorer(ModelMixin, ConfigMixin):
             elif mode == "global":
                 mean[row] = global_mean.float()
                 std[row] = global_std.float()
+        if self._category is not None:  # this category's own statistics; the fallback's stay
+            index = self.categories.index(self._category)
+            self.category_calibration[index].copy_(torch.stack([mean, std], dim=1))
+            self.update_settings(calibration=mode)
+            return
         self.calibration_mean.copy_(mean[: len(RESIDUALS)])
         self.calibration_std.copy_(std[: len(RESIDUALS)])
         for row, buffer in enumerate(FITTED_MAPS.values(), start=len(RESIDUALS)):

@@ -72,8 +72,11 @@ def scorer_settings(fitted: dict) -> dict:
 def saved_thresholds(detector) -> dict:
     """{"f1": value or None, "fpr": value or None, "fpr_target": ..., "default": kind} of a pipeline
     (its scorer's config), a reference detector (its `thresholds`) or a scorer config itself."""
-    scorer = getattr(detector, "scorer", None)
-    config = scorer.config if scorer is not None else getattr(detector, "config", detector)
+    scorer = getattr(detector, "scorer", detector)
+    if hasattr(scorer, "active_config"):  # a pipeline's scorer: the active category's own thresholds
+        config = scorer.active_config()
+    else:
+        config = getattr(detector, "config", detector)
     if "threshold_f1" in config or "threshold_fpr" in config:
         get = config.get
         return {

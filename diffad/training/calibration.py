@@ -46,6 +46,11 @@ def configure_scorer(pipe, settings: dict):
     from diffad.scoring.scorer import AnomalyScorer
 
     config = {k: v for k, v in pipe.scorer.config.items() if not k.startswith("_")}
+    # A new scorer's per-category statistics are neutral again: so is what says they were taken.
+    config["category_settings"] = {
+        name: {k: v for k, v in values.items() if k != "calibration"}
+        for name, values in (config.get("category_settings") or {}).items()
+    } or None
     pipe.register_modules(scorer=AnomalyScorer(**{**config, **settings}))
     return pipe
 
@@ -111,6 +116,15 @@ def calibrate_pipeline(
         gaussian_images=gaussian_images,
         feature_head_steps=feature_head_steps,
     )
+    # A model of several categories: each category's own statistics and choice, before the fallback's
+    # choice sets the config's weights (every candidate still has its weight above 0 here).
+    per_category = {}
+    if len(pipe.categories) > 1 and mode != "none":
+        for name in pipe.categories:
+            per_category[name] = _calibrate_category(
+                pipe, [s for s in samples if s.category == name], name, mode, num_images, seed, batch_size,
+                select_images if select else 0, size, fpr,
+            )  # fmt: skip
     record = None
     if len(held) >= MIN_SELECT_IMAGES:
         held_images = load_images([samples[i] for i in sorted(held)], size, pipe.image_channels)
@@ -121,12 +135,46 @@ def calibrate_pipeline(
             f"(needs {MIN_SELECT_IMAGES}); keeping the scorer's weights"
         )
 
+    if record is not None and per_category:
+        record["categories"] = {name: got["record"] for name, got in per_category.items() if got["record"]}
+
     def save(tmp: Path) -> None:
         pipe.save_pretrained(str(tmp))
         if record is not None:
             write_json_atomic(Path(tmp) / SELECTION_FILE, record)
 
     write_final_atomic(folder, save, marker=PIPELINE_MARKER)
+    summary = {"images": len(images), **_chosen(record)}
+    if per_category:
+        summary["categories"] = {
+            name: {"images": got["images"], **_chosen(got["record"])} for name, got in per_category.items()
+        }
+    return summary
+
+
+def _chosen(record: dict | None) -> dict:
     chosen, fitted = (None, None) if record is None else (record["chosen"], record["thresholds"])
     thresholds = None if fitted is None else {k: fitted[k] for k in ("f1", "fpr", "fpr_target", "default")}
-    return {"images": len(images), "selection": chosen, "thresholds": thresholds}
+    return {"selection": chosen, "thresholds": thresholds}
+
+
+def _calibrate_category(
+    pipe, samples, name, mode, num_images, seed, batch_size, select_images, size, fpr
+) -> dict:
+    """One category's calibration statistics and, with `select_images`, its weights and thresholds, on
+    its own good training images (a seeded choice per category)."""
+    from diffad.training import selection
+
+    order = torch.randperm(len(samples), generator=generator_for(seed, f"calibration/{name}")).tolist()
+    pick, rest = order[:num_images], order[num_images:]
+    held = rest[:select_images]
+    images = load_images([samples[i] for i in sorted(pick)], size, pipe.image_channels)
+    pipe.calibrate(images, generator=generator_for(seed, "calibration-noise"), mode=mode, batch_size=batch_size, category=name)
+    record = None
+    if len(held) >= MIN_SELECT_IMAGES:
+        held_images = load_images([samples[i] for i in sorted(held)], size, pipe.image_channels)
+        with pipe.use_category(name):
+            record = selection.select_settings(pipe, held_images, seed=seed, batch_size=batch_size, fpr=fpr)
+    elif select_images:
+        print(f"diffad: category {name}: only {len(held)} good training images left to choose its weights on")
+    return {"images": len(images), "record": record}

@@ -15,10 +15,25 @@ from diffad.training.order import BatchOrder, MicroBatchSampler
 CACHE_LIMIT_BYTES = 2 * 1024**3
 
 
-def good_training_samples(data: str, category: str | None) -> list:
+def category_list(category: str | None) -> list[str | None]:
+    """--category as a list: None (every category), one name, or "a,b,c"."""
+    if category is None:
+        return [None]
+    names = [c.strip() for c in str(category).split(",")]
+    if not all(names) or len(set(names)) != len(names):
+        raise DataError(f"--category {category!r}: give one name or distinct names separated by commas")
+    return names
+
+
+def load_categories(data: str, category: str | None, split: str | None) -> list:
+    """`load_samples` over each category of `category_list(category)`."""
     from diffad.data import load_samples
 
-    samples = [s for s in load_samples(data, category, split="train") if s.label == 0]
+    return [s for name in category_list(category) for s in load_samples(data, name, split=split)]
+
+
+def good_training_samples(data: str, category: str | None) -> list:
+    samples = [s for s in load_categories(data, category, split="train") if s.label == 0]
     if not samples:
         where = data if category is None else f"{data} (category {category})"
         raise DataError(
@@ -30,10 +45,8 @@ def good_training_samples(data: str, category: str | None) -> list:
 
 def validation_samples(data: str, category: str | None, train: list, n: int) -> list:
     """Up to n good training images and up to n defective test images (if the set has a test split)."""
-    from diffad.data import load_samples
-
     try:
-        defects = [s for s in load_samples(data, category, split="test") if s.label == 1]
+        defects = [s for s in load_categories(data, category, split="test") if s.label == 1]
     except DataError:
         defects = []
     return list(train[:n]) + defects[:n]

@@ -27,13 +27,27 @@ def _key(folder, samples) -> tuple:
     return (str(Path(folder).resolve()), tuple(str(s.image_path) for s in samples))
 
 
-def cached_latents(encoder, folder, samples) -> torch.Tensor | None:
-    """Stage 2's latents (1, N, k, g, g) of `samples` from the embeddings stage 1 left for `folder`, or
-    None (another process, a resumed fit, other images). The same values `encoder.encode` gives."""
-    embeddings = _EMBEDDINGS.pop(_key(folder, samples), None)
-    if embeddings is None:
-        return None
-    return encoder.whiten(encoder.project(embeddings.to(encoder.channel_mean.device)))[None].float().cpu()
+def stage_latents(encoder, folder, samples, images, *, mirrored: bool = False, batch_size: int = 32):
+    """Stage 2's latents of `samples`: (V, N, k, g, g) whitened by all the good images' Gaussians, and,
+    when the encoder has per-category Gaussians, the same whitened by each sample's category (else None).
+    V = 2 with `mirrored` (each image and its mirror). `images()` makes the dataset when the embeddings
+    stage 1 left in this process (`diffad fit`) cannot be used."""
+    cached = None if mirrored else _EMBEDDINGS.get(_key(folder, samples))
+    _EMBEDDINGS.clear()
+    if cached is not None:
+        views = [cached]
+    else:
+        loader = torch.utils.data.DataLoader(images(), batch_size=batch_size)
+        views = [embed_images(encoder, loader, show_progress=True)]
+        if mirrored:
+            views.append(embed_images(encoder, ({"image": b["image"].flip(-1)} for b in loader)))
+    device = encoder.channel_mean.device
+    projected = [encoder.project(v.to(device)) for v in views]
+    union = torch.stack([encoder.whiten(z).float().cpu() for z in projected])
+    if not encoder.categories:
+        return union, None
+    names = [s.category for s in samples]
+    return union, torch.stack([encoder.whiten(z, names).float().cpu() for z in projected])
 
 
 @torch.no_grad()
@@ -50,8 +64,9 @@ def embed_images(encoder, images, batch_size: int = 16, show_progress: bool = Fa
     return torch.cat(out)
 
 
-def fit_statistics(encoder, embeddings: torch.Tensor) -> None:
-    """Set `encoder`'s statistics from good images' pooled features (N, D, g, g)."""
+def fit_statistics(encoder, embeddings: torch.Tensor, labels: list[str] | None = None) -> None:
+    """Set `encoder`'s statistics from good images' pooled features (N, D, g, g); with categories in the
+    encoder, also each category's Gaussians, from the images whose `labels` (category names) name it."""
     n, d, h, w = embeddings.shape
     if n < 2:
         raise DataError(f"the feature first stage needs at least 2 good images, got {n}")
@@ -69,29 +84,58 @@ def fit_statistics(encoder, embeddings: torch.Tensor) -> None:
     signs = torch.sign(vectors[vectors.abs().argmax(0), torch.arange(k)])  # the largest entry positive
     components = vectors * signs
     z = (standard @ components).view(n, h * w, k)  # (N, P, k)
+    position_mean, whitener = _position_gaussians(z, encoder.config)
+    encoder.set_statistics(mean, std, components, position_mean, whitener)
+    if encoder.categories:
+        if labels is None or len(labels) != n:
+            raise ConfigError("a FeatureEncoder with categories needs the category of every image")
+        means, whiteners = [], []
+        for name in encoder.categories:
+            rows = [i for i, label in enumerate(labels) if label == name]
+            if len(rows) < 2:
+                raise DataError(f"category {name!r} needs at least 2 good images for its Gaussians, got {len(rows)}")
+            m, w_ = _position_gaussians(z[rows], encoder.config)
+            means.append(m)
+            whiteners.append(w_)
+        encoder.set_category_statistics(torch.stack(means), torch.stack(whiteners))
+
+
+def _position_gaussians(z: torch.Tensor, config) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean (P, k) and inverse Cholesky factor (P, k, k) of each position of components z (N, P, k)."""
+    n, positions, k = z.shape
     position_mean = z.mean(0)
-    if encoder.config.whitening == "position":
-        centred = z - position_mean
-        cov = torch.einsum("npi,npj->pij", centred, centred) / (n - 1)
-        cov = cov + float(encoder.config.epsilon) * torch.eye(k, dtype=cov.dtype)
-        # Cholesky: batched inverses fail with 2+ threads in torch 2.13's CPU build.
-        chol = torch.linalg.cholesky(cov)
-        whitener = torch.linalg.solve_triangular(
-            chol, torch.eye(k, dtype=cov.dtype).expand_as(chol), upper=False
-        )
-    else:
-        whitener = torch.eye(k, dtype=torch.float64).expand(h * w, k, k)
-    encoder.set_statistics(mean, std, components, position_mean, whitener.contiguous())
+    if config.whitening != "position":
+        return position_mean, torch.eye(k, dtype=torch.float64).expand(positions, k, k).contiguous()
+    centred = z - position_mean
+    cov = torch.einsum("npi,npj->pij", centred, centred) / (n - 1)
+    cov = cov + float(config.epsilon) * torch.eye(k, dtype=cov.dtype)
+    # Cholesky: batched inverses fail with 2+ threads in torch 2.13's CPU build.
+    chol = torch.linalg.cholesky(cov)
+    whitener = torch.linalg.solve_triangular(chol, torch.eye(k, dtype=cov.dtype).expand_as(chol), upper=False)
+    return position_mean, whitener.contiguous()
 
 
-def build_feature_encoder(variant: str, channels: int, resolution: int, grid: int, latent_channels: int = 0):
-    """The ImageNet EfficientNet-Lite encoder of `variant` for `channels`-channel images at `resolution`."""
+def build_feature_encoder(
+    variant: str,
+    channels: int,
+    resolution: int,
+    grid: int,
+    latent_channels: int = 0,
+    categories: list[str] | None = None,
+):
+    """The ImageNet EfficientNet-Lite encoder of `variant` for `channels`-channel images at `resolution`
+    (with `categories`: per-category Gaussians as well)."""
     from diffad.models.feature_encoder import FeatureEncoder
 
     if resolution % grid:
         raise ConfigError(f"--resolution {resolution} must be a multiple of --feature_grid {grid}")
     return FeatureEncoder.from_wheel(
-        variant, in_channels=channels, sample_size=resolution, grid=grid, latent_channels=latent_channels
+        variant,
+        in_channels=channels,
+        sample_size=resolution,
+        grid=grid,
+        latent_channels=latent_channels,
+        categories=categories,
     )
 
 
@@ -106,19 +150,24 @@ def run_feature_stage(
     grid: int,
     latent_channels: int = 0,
     batch_size: int = 16,
+    class_conditional: bool = False,
 ) -> dict:
-    """Fit the feature first stage on the good training images and save it to `output_dir` (atomically)."""
+    """Fit the feature first stage on the good training images and save it to `output_dir` (atomically).
+    `category` may name several categories ("a,b"; None: all of them); with `class_conditional` and
+    several categories each also gets its own Gaussians (`FeatureEncoder.categories`)."""
     from diffad.training.checkpoints import write_final_atomic
     from diffad.training.data import good_training_samples, training_images
 
     started = time.monotonic()
-    encoder = build_feature_encoder(variant, channels, resolution, grid, latent_channels)
     samples = good_training_samples(data, category)
+    names = sorted({s.category for s in samples})
+    conditional = names if class_conditional and len(names) > 1 else None
+    encoder = build_feature_encoder(variant, channels, resolution, grid, latent_channels, conditional)
     loader = torch.utils.data.DataLoader(
         training_images(samples, resolution, channels), batch_size=batch_size
     )
     embeddings = embed_images(encoder, loader, show_progress=True)
-    fit_statistics(encoder, embeddings)
+    fit_statistics(encoder, embeddings, [s.category for s in samples])
     _EMBEDDINGS.clear()
     _EMBEDDINGS[_key(output_dir, samples)] = embeddings.float()
     write_final_atomic(Path(output_dir), lambda tmp: encoder.save_pretrained(str(tmp)), marker="config.json")
@@ -128,4 +177,6 @@ def run_feature_stage(
         "images": len(samples),
         "seconds": round(time.monotonic() - started, 1),
         "latents": [int(encoder.config.latent_channels), grid, grid],
+        "categories": names,
+        "per_category_gaussians": bool(conditional),
     }

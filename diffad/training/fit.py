@@ -32,7 +32,24 @@ def add_fit_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument(
         "--data", required=True, help="dataset folder (MVTec AD, VisA, Real-IAD, plain folder) or 'elpv'"
     )
-    p.add_argument("--category", default=None, help="category inside --data (needed when it holds several)")
+    p.add_argument(
+        "--category",
+        default=None,
+        help="category inside --data, or several as a,b,c; default: every category of a root, one model "
+        "for all of them (ADer's multi-class protocol; detect with --category)",
+    )
+    p.add_argument(
+        "--class_conditional",
+        action="store_true",
+        help="one model of several categories that knows them: the UNet gets the category (UNet2DModel's "
+        "class embedding) and a feature first stage also keeps each category's Gaussians",
+    )
+    p.add_argument(
+        "--separate",
+        action="store_true",
+        help="one model per category instead, in --output_dir/<category>/ (diffad evaluate and detect "
+        "take that folder too)",
+    )
     p.add_argument("--output_dir", required=True, help="the detection pipeline folder to write")
     p.add_argument(
         "--resolution",
@@ -338,6 +355,8 @@ def _run_stage(module, argv: list[str]) -> dict:
 def run_fit(args: argparse.Namespace) -> int:
     out = Path(args.output_dir)
     check_fit_args(args)
+    if args.separate:
+        return _fit_separate(args, out)
     if args.method != "diffusion":
         return _fit_baseline(args, out)
     if args.with_head and importlib.util.find_spec("diffad.training.seg_stage") is None:
@@ -381,6 +400,7 @@ def run_fit(args: argparse.Namespace) -> int:
                 resolution=args.resolution,
                 grid=args.feature_grid,
                 latent_channels=args.latent_channels,
+                class_conditional=args.class_conditional,
             )
         )
         print(
@@ -415,6 +435,8 @@ def run_fit(args: argparse.Namespace) -> int:
         "--learning_rate", str(args.unet_learning_rate),
         "--max_train_steps", str(plan["unet"]["steps"]),
     ]  # fmt: skip
+    if args.class_conditional:
+        argv += ["--class_conditional"]
     argv += _stage_minutes(plan["unet"], deadline, stage_share)
     summaries.append(_run_stage(unet_stage, argv))
 
@@ -439,6 +461,14 @@ def run_fit(args: argparse.Namespace) -> int:
                 )
             if s.get("thresholds"):
                 print(f"diffad fit: thresholds saved: {describe_thresholds(s['thresholds'])}")
+            for name, got in (s.get("categories") or {}).items():
+                chosen = got.get("selection")
+                if chosen:
+                    weights = ", ".join(f"{k} {v:g}" for k, v in chosen["weights"].items() if v)
+                    print(
+                        f"diffad fit: category {name}: {weights} (image AUROC {chosen['image_auroc']:.3f}, "
+                        f"AUPRO {chosen['aupro']:.3f} on its synthetic defects)"
+                    )
             continue
         if s["stage"] == "features":
             continue  # printed when it ran
@@ -564,4 +594,29 @@ def _fit_baseline(args, out: Path) -> int:
     if detector.thresholds:
         print(f"diffad fit: thresholds saved: {describe_thresholds(detector.thresholds)}")
     print(f"diffad fit: {args.method} detector written to {out}")
+    return 0
+
+
+def _fit_separate(args, out: Path) -> int:
+    """--separate: one fit per category into OUT/<category>/, each as if run alone; a rerun with --resume
+    skips the categories already written."""
+    from diffad.data.detect import list_categories
+    from diffad.training.data import category_list
+
+    names = [c for c in category_list(args.category) if c is not None] or list_categories(args.data)
+    if args.class_conditional:
+        raise ConfigError("--separate fits one category per model: --class_conditional has nothing to tell apart")
+    _check_output(args, out)
+    for name in names:
+        folder = out / name
+        if args.resume and any((folder / m).is_file() for m in ("model_index.json", "detector_config.json")):
+            if args.method != "diffusion" or (folder / "fit_summary.json").is_file():
+                print(f"diffad fit: {name}: already fitted ({folder}); skipped")
+                continue
+        print(f"diffad fit: category {name} -> {folder}")
+        sub = argparse.Namespace(**{**vars(args), "category": name, "output_dir": str(folder), "separate": False})
+        if not args.resume:
+            sub.overwrite_output_dir = True  # OUT was checked above: its sub-folders are this fit's own
+        run_fit(sub)
+    print(f"diffad fit: {len(names)} separate models written to {out}")
     return 0

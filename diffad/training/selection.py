@@ -131,7 +131,7 @@ def select_settings(
         small = F.adaptive_avg_pool2d(maps[:, None], side)[:, 0].numpy()
         trials.append({**setting, **_objective(scores, labels, small, small_masks)})
     chosen = best(trials)
-    scorer.register_to_config(
+    scorer.update_settings(
         **{f"{name}_weight": weight for name, weight in chosen["weights"].items()},
         deviation=chosen["deviation"],
     )
@@ -139,7 +139,7 @@ def select_settings(
     scores = scorer.score(maps).numpy()  # the chosen setting's, as in its trial
     good_scores, defect_scores = scores[labels == 0], scores[labels == 1]
     fitted = thresholds.fit_thresholds(good_scores, defect_scores, fpr)
-    scorer.register_to_config(**thresholds.scorer_settings(fitted))
+    scorer.update_settings(**thresholds.scorer_settings(fitted))
     return {
         "method": SYNTHESIS_METHOD,
         "images": len(good_images),
@@ -150,6 +150,7 @@ def select_settings(
         "thresholds": {
             **fitted,
             "default": scorer.config.default_threshold,
+            "category": scorer.active_category,
             "good_scores": good_scores.tolist(),
             "defect_scores": defect_scores.tolist(),
         },

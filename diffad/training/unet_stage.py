@@ -60,6 +60,13 @@ def add_unet_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         default=None,
         help="draw training timesteps below this only (AnoDDPM); default: the whole schedule",
     )
+    g.add_argument(
+        "--class_conditional",
+        action="store_true",
+        help="with several categories: the UNet also gets the category's index (UNet2DModel's class "
+        "embedding), one more class standing for 'no category' (a tenth of the training rows, with the "
+        "first stage's category-free latents), so that detection without a category still works",
+    )
     g.add_argument("--validation_strength", type=float, default=0.25, help="noise fraction for the panels")
     g.add_argument("--validation_inference_steps", type=int, default=10)
     add_training_args(parser, default_lr=1e-4, default_batch=16)
@@ -135,10 +142,20 @@ def main(args: argparse.Namespace) -> dict:
             f"--vae {args.vae} is a whitened feature first stage whose Gaussian prior assumes Gaussian noise: "
             "pass --noise gaussian (or leave --noise out)"
         )
+    samples = good_training_samples(args.data, args.category)
+    categories = sorted({s.category for s in samples})
+    encoder_categories = list(getattr(vae, "categories", None) or []) if features else []
+    if encoder_categories and encoder_categories != categories:
+        raise ConfigError(
+            f"the feature first stage at {args.vae} has Gaussians for the categories {encoder_categories}, "
+            f"but the training images are of {categories}; train stage 2 on the same --data and --category"
+        )
+    conditional = args.class_conditional and len(categories) > 1
     with seeded(args.seed):
         # Any multiple of the UNet's factor will do here; the real size is set once it is checked.
         build = build_feature_unet if features else build_unet
-        unet = build(args.preset, in_channels=in_channels, sample_size=1024)
+        classes = len(categories) + 1 if conditional else None  # the last: no category given
+        unet = build(args.preset, in_channels=in_channels, sample_size=1024, num_class_embeds=classes)
         if prior == "gaussian":
             zero_output(unet)  # the Gaussian prior alone to start with
     check_resolution(
@@ -151,16 +168,21 @@ def main(args: argparse.Namespace) -> dict:
             f"{vae.config.in_channels}-channel images; pass --channels {vae.config.in_channels}."
         )
 
-    samples = good_training_samples(args.data, args.category)
     accelerator = start_stage(args, name="train_unet", model_entries=PIPELINE_ENTRIES)
     device, main_process = accelerator.device, accelerator.is_main_process
     vae = None if vae is None else vae.to(device)
-    versions = None
-    if features and not args.random_flip:  # `diffad fit`'s stage 1 has just embedded these images
-        from diffad.training.feature_stage import cached_latents
+    versions = by_category = None
+    if features:  # the embeddings `diffad fit`'s stage 1 has just made are reused
+        from diffad.training.feature_stage import stage_latents
 
-        versions = cached_latents(vae, args.vae, samples)
-    if versions is None:
+        versions, by_category = stage_latents(
+            vae,
+            args.vae,
+            samples,
+            lambda: training_images(samples, args.resolution, args.channels, show_progress=main_process),
+            mirrored=args.random_flip,
+        )
+    else:
         dataset = training_images(samples, args.resolution, args.channels, show_progress=main_process)
         versions = encode_dataset(
             vae,
@@ -175,6 +197,10 @@ def main(args: argparse.Namespace) -> dict:
         scale = scaling_factor(versions[0])
         vae.register_to_config(scaling_factor=scale)
     versions = (versions * scale).to(device)
+    # What a class-conditional UNet sees: each image's category (and its latents whitened by that
+    # category's Gaussians, when the first stage has them), or, for a tenth of the rows, "no category".
+    labels = torch.tensor([categories.index(s.category) for s in samples], device=device)
+    by_category = versions if by_category is None else (by_category * scale).to(device)
     logger.info(
         f"{len(samples)} training images -> latents {tuple(versions.shape[2:])}, scaling factor {scale:.4f}"
     )
@@ -184,7 +210,12 @@ def main(args: argparse.Namespace) -> dict:
     no_decoder = dict(
         pixel_weight=0.0, ssim_weight=0.0, latent_weight=0.0, feature_weight=0.0, score_weight=1.0
     )
-    scorer = AnomalyScorer(resolution=args.resolution, noise=noise_kind, **(no_decoder if features else {}))
+    scorer = AnomalyScorer(
+        resolution=args.resolution,
+        noise=noise_kind,
+        categories=categories if categories != [None] else None,
+        **(no_decoder if features else {}),
+    )
     max_t = args.max_timestep or args.num_train_timesteps
     optimizer = make_optimizer(unet.parameters(), args)
     lr_scheduler = make_lr_scheduler(accelerator, optimizer, args)
@@ -204,12 +235,17 @@ def main(args: argparse.Namespace) -> dict:
             flip = generator_for(args.seed, "flip", m)
             pick = global_randint(len(versions), len(idx), flip, rank=rank, world_size=world).to(device)
             x0 = versions[pick, idx]
+            class_labels = None
+            if conditional:
+                drop = torch.rand(len(idx), generator=generator_for(args.seed, "labels", m)).to(device) < 0.1
+                x0 = torch.where(drop.view(-1, 1, 1, 1), x0, by_category[pick, idx])
+                class_labels = torch.where(drop, len(categories), labels[idx])
             noise = draw_noise(noise_kind, x0.shape, generator_for(args.seed, "noise", m), accelerator).to(x0)
             steps_gen = generator_for(args.seed, "timesteps", m)
             t = global_randint(max_t, len(idx), steps_gen, rank=rank, world_size=world).to(device)
             noisy = noise_scheduler.add_noise(x0, noise, t)
             with accelerator.accumulate(unet):
-                predicted = predict_noise(unet, noisy, t, noise_scheduler.alphas_cumprod, prior)
+                predicted = predict_noise(unet, noisy, t, noise_scheduler.alphas_cumprod, prior, class_labels)
                 loss = F.mse_loss(predicted.float(), noise.float())
                 optimizer_update(accelerator, loss, unet, optimizer, lr_scheduler, args.max_grad_norm)
             total += loss.detach().item() / accum
