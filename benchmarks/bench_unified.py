@@ -61,7 +61,20 @@ def link_category(name: str, source: str, root: Path, train_limit: int, seed: in
 
 
 def size_mb(folder: Path) -> float:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20
+    """What detection loads: a pipeline's model_index.json and the components it names (not stage 1's
+    own folder or the checkpoints kept to resume), a reference detector's folder; summed over the
+    per-category folders of separate models."""
+    index = folder / "model_index.json"
+    if index.is_file():
+        parts = [index] + [
+            folder / k for k, v in json.loads(index.read_text()).items() if isinstance(v, list)
+        ]
+    elif (folder / "detector_config.json").is_file():
+        parts = [folder]
+    else:
+        return sum(size_mb(sub) for sub in folder.iterdir() if sub.is_dir())
+    files = [p for part in parts for p in ([part] if part.is_file() else part.rglob("*")) if p.is_file()]
+    return sum(p.stat().st_size for p in files) / 2**20
 
 
 def run(args, results: dict, key: str, detector: str, mode: str) -> None:
@@ -86,7 +99,16 @@ def run(args, results: dict, key: str, detector: str, mode: str) -> None:
         done.write_text(f"{time.monotonic() - began:.1f}\n")
     seconds = float(done.read_text())
     out = work / "eval" / key
-    evaluate = ["evaluate", "--model", str(model), "--data", str(root), "--output_dir", str(out), "--overwrite"]
+    evaluate = [
+        "evaluate",
+        "--model",
+        str(model),
+        "--data",
+        str(root),
+        "--output_dir",
+        str(out),
+        "--overwrite",
+    ]
     evaluate += ["--cases", "2"] + (["--limit", str(args.test_limit)] if args.test_limit else [])
     if main(evaluate) != 0:
         raise SystemExit(f"evaluate failed: {' '.join(evaluate)}")
@@ -129,7 +151,7 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", required=True, help="folder for the root of links, the models and the results")
     p.add_argument("--dataset", action="append", required=True, help="NAME=FOLDER or NAME=elpv:mono|poly")
@@ -138,11 +160,17 @@ def main(argv=None) -> int:
     p.add_argument("--resolution", type=int, default=256)
     p.add_argument("--train_limit", type=int, default=0, help="good training images per category (0: all)")
     p.add_argument("--test_limit", type=int, default=0, help="test images per category (0: all)")
-    p.add_argument("--unified_minutes", type=float, default=10.0, help="--max_minutes of a unified diffusion fit")
+    p.add_argument(
+        "--unified_minutes", type=float, default=10.0, help="--max_minutes of a unified diffusion fit"
+    )
     p.add_argument("--separate_minutes", type=float, default=2.0, help="--max_minutes of each separate one")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     sys.path.insert(0, str(ROOT))
     import torch
 

@@ -137,7 +137,9 @@ def detector_marker(model_dir: str | os.PathLike) -> str:
     for marker in LOADERS:
         if (folder / marker).is_file():
             return marker
-    separate = sorted(p.name for p in folder.iterdir() if p.is_dir() and any((p / m).is_file() for m in LOADERS))
+    separate = sorted(
+        p.name for p in folder.iterdir() if p.is_dir() and any((p / m).is_file() for m in LOADERS)
+    )
     if separate:
         raise ConfigError(
             f"{folder} holds one model per category ({', '.join(separate)}): pass --category NAME, or "

@@ -53,7 +53,9 @@ def source_images(dagm: Path) -> dict[str, list[Path]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dagm", required=True, help="DAGM 2007 class 1 in MVTec AD layout (docs/DATASETS.md)")
+    parser.add_argument(
+        "--dagm", required=True, help="DAGM 2007 class 1 in MVTec AD layout (docs/DATASETS.md)"
+    )
     parser.add_argument("--out", default=str(Path(__file__).with_name("synthetic_panel.png")))
     parser.add_argument("--seed", type=int, default=3)
     args = parser.parse_args()

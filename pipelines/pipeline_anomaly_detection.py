@@ -263,7 +263,9 @@ class AnomalyDetectionPipeline(DiffusionPipeline):
         With `category` (a model of several categories), the statistics are that category's own, from
         its good images; the fitted Gaussians and head are shared."""
         with self.use_category(category):
-            self.scorer.update_settings(threshold_f1=None, threshold_fpr=None)  # they belong to old statistics
+            self.scorer.update_settings(
+                threshold_f1=None, threshold_fpr=None
+            )  # they belong to old statistics
             return fitting.calibrate(
                 self, good_images, generator, mode, batch_size, gaussian_images, feature_head_steps
             )

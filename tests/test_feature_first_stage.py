@@ -274,5 +274,7 @@ def test_stage_two_reuses_stage_one_embeddings_with_the_same_latents(tmp_path, m
     direct = encoder.encode(load_images(samples, SIZE, 3)).latents
     torch.testing.assert_close(cached[0], direct, rtol=1e-5, atol=1e-5)
     calls = []
-    feature_stage.stage_latents(encoder, folder, samples, lambda: calls.append(1) or load_images(samples, SIZE, 3))
+    feature_stage.stage_latents(
+        encoder, folder, samples, lambda: calls.append(1) or load_images(samples, SIZE, 3)
+    )
     assert calls  # taken once: a second fit embeds its images itself

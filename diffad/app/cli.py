@@ -26,6 +26,11 @@ def register(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the noise (same seed, same maps)")
     parser.add_argument("--batch_size", type=int, default=8, help="images per forward pass (default 8)")
     parser.add_argument(
+        "--category",
+        default=None,
+        help="the images' category, for a model of several categories or a folder of one model per category",
+    )
+    parser.add_argument(
         "--input",
         default=None,
         metavar="FOLDER",
@@ -44,7 +49,9 @@ def run(args: argparse.Namespace) -> int:
     from diffad.app.inspection import Inspector
     from diffad.app.page import build_page, launch
 
-    inspector = Inspector(args.model, args.device, seed=args.seed, batch_size=args.batch_size)
+    inspector = Inspector(
+        args.model, args.device, seed=args.seed, batch_size=args.batch_size, category=args.category
+    )
     print(f"diffad serve: {inspector.describe()}")
     print(f"diffad serve: open http://{args.host}:{args.port} (Ctrl-C stops it)")
     launch(build_page(inspector, args.input), args.host, args.port, block=True)

@@ -37,15 +37,25 @@ class Inspected:
 class Inspector:
     """A saved detector (a pipeline or a reference detector folder) and the threshold it saved."""
 
-    def __init__(self, model_dir: str | Path, device: str | None = None, seed: int = 0, batch_size: int = 8):
-        from diffad.detectors import load_detector
+    def __init__(
+        self,
+        model_dir: str | Path,
+        device: str | None = None,
+        seed: int = 0,
+        batch_size: int = 8,
+        category: str | None = None,
+    ):
+        from diffad.detectors import category_options, category_scope, load_detector, model_for_category
         from diffad.scoring.thresholds import resolve, saved_thresholds
 
-        self.model_dir = Path(model_dir)
+        self.model_dir = model_for_category(model_dir, category)  # one model per category: its own
         self.detector = load_detector(self.model_dir, device)
+        self.category = category
+        category_options(self.detector, category)  # an unknown category: the known ones, now
         self.channels = int(getattr(self.detector, "image_channels", 3))
-        self.saved = saved_thresholds(self.detector)
-        self.default = resolve(self.detector)  # (name, value) or None
+        with category_scope(self.detector, category):  # a model of many categories: this one's
+            self.saved = saved_thresholds(self.detector)
+            self.default = resolve(self.detector)  # (name, value) or None
         self.seed = seed
         self.batch_size = batch_size
 
@@ -86,7 +96,9 @@ class Inspector:
             chunk = tensors[start : start + self.batch_size]
             generators = [torch.Generator().manual_seed(self.seed + start + i) for i in range(len(chunk))]
             try:
-                output = call_detector(self.detector, chunk, self.batch_size, generators)
+                output = call_detector(
+                    self.detector, chunk, self.batch_size, generators, category=self.category
+                )
             except DiffadError as err:
                 problems += [f"{n}: {err}" for n in names[start : start + len(chunk)]]
                 continue

@@ -109,7 +109,9 @@ class FeatureEncoder(ModelMixin, ConfigMixin):
         count = len(categories or [])
         self.register_buffer("category_mean", torch.zeros(count, positions, k), persistent=count > 0)
         self.register_buffer(
-            "category_whitener", torch.eye(k).expand(count, positions, k, k).contiguous(), persistent=count > 0
+            "category_whitener",
+            torch.eye(k).expand(count, positions, k, k).contiguous(),
+            persistent=count > 0,
         )
 
     @classmethod

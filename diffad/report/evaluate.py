@@ -172,7 +172,11 @@ def keyed_generator(key: str) -> torch.Generator:
 def call_detector(
     detector, images: list, batch_size: int, generators: list, reconstructions: bool = True, category=None
 ):
-    kwargs: dict[str, Any] = {"output_type": "np", "batch_size": batch_size, **category_options(detector, category)}
+    kwargs: dict[str, Any] = {
+        "output_type": "np",
+        "batch_size": batch_size,
+        **category_options(detector, category),
+    }
     parameters = inspect.signature(detector.__call__).parameters
     if "generator" in parameters:
         kwargs["generator"] = generators
@@ -188,7 +192,9 @@ def _case_reconstructions(detector, dataset, samples, indices: list[int], batch_
 
     images = [dataset[i]["image"] for i in indices]
     generators = [image_generator(seed, samples[i]) for i in indices]
-    output = call_detector(detector, images, batch_size, generators, category=samples[indices[0]].category if indices else None)
+    output = call_detector(
+        detector, images, batch_size, generators, category=samples[indices[0]].category if indices else None
+    )
     return {i: to_rgb8(np.asarray(r)) for i, r in zip(indices, output.reconstructions)}
 
 

@@ -45,7 +45,9 @@ CATEGORY_KEYS = (
 )  # fmt: skip
 
 
-def resolve_category(categories: list[str] | None, category: str | None, what: str = "this model") -> str | None:
+def resolve_category(
+    categories: list[str] | None, category: str | None, what: str = "this model"
+) -> str | None:
     """`category` checked against a model's `categories`: None stays None (the category-free fallback);
     an unknown name is an error listing the known ones."""
     if category is None:

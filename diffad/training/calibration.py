@@ -169,7 +169,13 @@ def _calibrate_category(
     pick, rest = order[:num_images], order[num_images:]
     held = rest[:select_images]
     images = load_images([samples[i] for i in sorted(pick)], size, pipe.image_channels)
-    pipe.calibrate(images, generator=generator_for(seed, "calibration-noise"), mode=mode, batch_size=batch_size, category=name)
+    pipe.calibrate(
+        images,
+        generator=generator_for(seed, "calibration-noise"),
+        mode=mode,
+        batch_size=batch_size,
+        category=name,
+    )
     record = None
     if len(held) >= MIN_SELECT_IMAGES:
         held_images = load_images([samples[i] for i in sorted(held)], size, pipe.image_channels)

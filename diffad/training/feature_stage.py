@@ -93,7 +93,9 @@ def fit_statistics(encoder, embeddings: torch.Tensor, labels: list[str] | None =
         for name in encoder.categories:
             rows = [i for i, label in enumerate(labels) if label == name]
             if len(rows) < 2:
-                raise DataError(f"category {name!r} needs at least 2 good images for its Gaussians, got {len(rows)}")
+                raise DataError(
+                    f"category {name!r} needs at least 2 good images for its Gaussians, got {len(rows)}"
+                )
             m, w_ = _position_gaussians(z[rows], encoder.config)
             means.append(m)
             whiteners.append(w_)

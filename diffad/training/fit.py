@@ -605,7 +605,9 @@ def _fit_separate(args, out: Path) -> int:
 
     names = [c for c in category_list(args.category) if c is not None] or list_categories(args.data)
     if args.class_conditional:
-        raise ConfigError("--separate fits one category per model: --class_conditional has nothing to tell apart")
+        raise ConfigError(
+            "--separate fits one category per model: --class_conditional has nothing to tell apart"
+        )
     _check_output(args, out)
     for name in names:
         folder = out / name
@@ -614,7 +616,9 @@ def _fit_separate(args, out: Path) -> int:
                 print(f"diffad fit: {name}: already fitted ({folder}); skipped")
                 continue
         print(f"diffad fit: category {name} -> {folder}")
-        sub = argparse.Namespace(**{**vars(args), "category": name, "output_dir": str(folder), "separate": False})
+        sub = argparse.Namespace(
+            **{**vars(args), "category": name, "output_dir": str(folder), "separate": False}
+        )
         if not args.resume:
             sub.overwrite_output_dir = True  # OUT was checked above: its sub-folders are this fit's own
         run_fit(sub)
