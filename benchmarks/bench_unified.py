@@ -7,8 +7,8 @@ detector also class-conditional). Prints, per category and their mean, image AUR
 AUPRO and mAD (ADer's names: mAUROC_sp_max, mAUROC_px, mAUPRO_px, mAD), fit time and size on disk.
 
     python benchmarks/bench_unified.py --work /tmp/bu \
-        --dataset dagm=../shared/data/dagm_class1 --dataset ksdd=../shared/data/kolektorsdd \
-        --dataset tire=../shared/data/mvtec3d_tire --dataset mono=elpv:mono --dataset poly=elpv:poly
+        --dataset dagm=data/dagm_class1 --dataset ksdd=data/kolektorsdd \
+        --dataset tire=data/mvtec3d_tire --dataset mono=elpv:mono --dataset poly=elpv:poly
 
 Every setting is the fit's own (its choice on synthetic defects); no test image chooses anything.
 `--train_limit` keeps a seeded subset of each category's good training images, the same for every

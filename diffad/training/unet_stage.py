@@ -201,6 +201,14 @@ def main(args: argparse.Namespace) -> dict:
     # category's Gaussians, when the first stage has them), or, for a tenth of the rows, "no category".
     labels = torch.tensor([categories.index(s.category) for s in samples], device=device)
     by_category = versions if by_category is None else (by_category * scale).to(device)
+    if len(categories) > 1:
+        kind = "class-conditional" if conditional else "unconditional"
+        own = ", each with its own Gaussians in the first stage" if encoder_categories else ""
+        logger.info(f"one {kind} model for {len(categories)} categories ({', '.join(categories)}){own}")
+    elif args.class_conditional:
+        logger.warning(
+            "--class_conditional: the training images are of one category; the UNet is unconditional"
+        )
     logger.info(
         f"{len(samples)} training images -> latents {tuple(versions.shape[2:])}, scaling factor {scale:.4f}"
     )
