@@ -32,6 +32,8 @@ RUNS = {
     "patchcore": ["--method", "patchcore"],
     "diffusion": [],
     "diffusion-cond": ["--class_conditional"],
+    # Each category's own covariances alone, not shrunk towards the pooled ones.
+    "diffusion-cond-own": ["--class_conditional", "--category_prior", "0"],
 }
 METRICS = (("image_auroc", "I-AUROC"), ("pixel_auroc", "P-AUROC"), ("aupro", "AUPRO"), ("mad", "mAD"))
 
@@ -185,7 +187,7 @@ def main(argv=None) -> int:
     results = json.loads(results_file.read_text()) if results_file.is_file() else {}
     for detector in args.detectors.split(","):
         for mode in args.modes.split(","):
-            if detector == "diffusion-cond" and mode == "separate":
+            if detector.startswith("diffusion-cond") and mode == "separate":
                 continue  # one category: nothing to condition on
             run(args, results, f"{detector}-{mode}", detector, mode)
             print(table(results), flush=True)

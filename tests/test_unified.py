@@ -175,26 +175,35 @@ def test_set_calibration_inside_a_category_leaves_the_fallback_alone():
         assert scorer.standardise("score", residual) is residual
 
 
-def test_per_category_gaussians_are_numpy_mahalanobis_distances():
+@pytest.mark.parametrize("prior", [0.0, None, 30.0])
+def test_per_category_gaussians_are_numpy_mahalanobis_distances(prior):
     torch.manual_seed(0)
     encoder = FeatureEncoder(
         width_multiplier=0.25, depth_multiplier=0.25, sample_size=SIZE, grid=2, latent_channels=4,
-        categories=["dark", "bright"],
+        categories=["dark", "bright"], category_prior=prior,
     )  # fmt: skip
     g = torch.Generator().manual_seed(3)
     dark = torch.rand(12, 3, SIZE, SIZE, generator=g) * 0.6 - 1
     bright = torch.rand(12, 3, SIZE, SIZE, generator=g) * 0.6 + 0.4
     x = torch.cat([dark, bright])
     fit_statistics(encoder, embed_images(encoder, x), ["dark"] * 12 + ["bright"] * 12)
-    components = encoder.project(embed_images(encoder, x).float()).double().numpy()  # (N, k, 2, 2)
-    for name, rows in (("dark", slice(0, 12)), ("bright", slice(12, 24))):
-        z = encoder.encode(x[rows], category=name).latents.double().numpy()
-        comps = components[rows].reshape(12, 4, -1)
+    components = encoder.project(embed_images(encoder, x).float()).double().numpy().reshape(24, 4, -1)
+    groups = {"dark": slice(0, 12), "bright": slice(12, 24)}
+    # Reference: numpy's covariances; each category's shrunk towards the pooled within-category one
+    # with `prior` pseudo-images (default: the dimension, 4), then numpy's own inverse.
+    covs = {
+        name: [np.cov(components[rows, :, p], rowvar=False) for p in range(4)]
+        for name, rows in groups.items()
+    }
+    share = 12 / (12 + (4 if prior is None else prior))
+    for name, rows in groups.items():
+        z = encoder.encode(x[rows], category=name).latents.double().numpy().reshape(12, 4, -1)
         for p in range(4):
-            centred = comps[:, :, p] - comps[:, :, p].mean(0)
-            cov = centred.T @ centred / 11 + 0.01 * np.eye(4)
+            pooled = (covs["dark"][p] + covs["bright"][p]) / 2  # 11 degrees of freedom each
+            cov = share * covs[name][p] + (1 - share) * pooled + 0.01 * np.eye(4)
+            centred = components[rows, :, p] - components[rows, :, p].mean(0)
             expected = np.einsum("ni,ij,nj->n", centred, np.linalg.inv(cov), centred)
-            np.testing.assert_allclose((z.reshape(12, 4, -1)[:, :, p] ** 2).sum(1), expected, rtol=1e-4)
+            np.testing.assert_allclose((z[:, :, p] ** 2).sum(1), expected, rtol=1e-4)
     with pytest.raises(ConfigError, match="per-category Gaussians for dark, bright"):
         encoder.encode(x[:1], category="grey")
     assert not torch.allclose(encoder.encode(x[:2]).latents, encoder.encode(x[:2], category="dark").latents)

@@ -58,6 +58,8 @@ class FeatureEncoder(ModelMixin, ConfigMixin):
             each category also has its own per-position Gaussians (`set_category_statistics`), and
             `encode(images, category=name)` whitens by them: the prior the UNet starts from is then
             that category's. Without a category the Gaussians of all the good images are used.
+        category_prior: how many images' worth of the covariance pooled over the categories each
+            category's covariance is shrunk towards (None: the latent dimension; 0: none).
     """
 
     has_decoder = False  # the pipeline computes latent-space residuals only
@@ -78,8 +80,11 @@ class FeatureEncoder(ModelMixin, ConfigMixin):
         noise_prior: str = "gaussian",
         fitted: bool = False,
         categories: list[str] | None = None,
+        category_prior: float | None = None,
     ):
         super().__init__()
+        if category_prior is not None and category_prior < 0:
+            raise ConfigError(f"category_prior must be 0 or more, not {category_prior}")
         if noise_prior not in NOISE_PRIORS:
             raise ConfigError(f"noise_prior must be one of {', '.join(NOISE_PRIORS)}; got {noise_prior!r}")
         if whitening not in WHITENINGS:
@@ -158,6 +163,11 @@ class FeatureEncoder(ModelMixin, ConfigMixin):
     @property
     def categories(self) -> list[str]:
         return list(self.config.categories or [])
+
+    @property
+    def category_prior(self) -> float:
+        prior = self.config.category_prior
+        return float(self.config.latent_channels if prior is None else prior)
 
     def category_indices(self, category, count: int) -> torch.Tensor | None:
         """(count,) indices into `categories` of a name (the whole batch) or of one name per image;

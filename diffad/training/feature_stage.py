@@ -84,37 +84,46 @@ def fit_statistics(encoder, embeddings: torch.Tensor, labels: list[str] | None =
     signs = torch.sign(vectors[vectors.abs().argmax(0), torch.arange(k)])  # the largest entry positive
     components = vectors * signs
     z = (standard @ components).view(n, h * w, k)  # (N, P, k)
-    position_mean, whitener = _position_gaussians(z, encoder.config)
-    encoder.set_statistics(mean, std, components, position_mean, whitener)
+    position_mean, cov = _position_moments(z)
+    encoder.set_statistics(mean, std, components, position_mean, _whitener(cov, encoder.config))
     if encoder.categories:
         if labels is None or len(labels) != n:
             raise ConfigError("a FeatureEncoder with categories needs the category of every image")
-        means, whiteners = [], []
-        for name in encoder.categories:
-            rows = [i for i, label in enumerate(labels) if label == name]
+        groups = [[i for i, label in enumerate(labels) if label == name] for name in encoder.categories]
+        for name, rows in zip(encoder.categories, groups):
             if len(rows) < 2:
                 raise DataError(
                     f"category {name!r} needs at least 2 good images for its Gaussians, got {len(rows)}"
                 )
-            m, w_ = _position_gaussians(z[rows], encoder.config)
-            means.append(m)
-            whiteners.append(w_)
-        encoder.set_category_statistics(torch.stack(means), torch.stack(whiteners))
+        moments = [_position_moments(z[rows]) for rows in groups]
+        # Each category's covariance is shrunk towards the within-category covariance pooled over all
+        # categories, as if `category_prior` images had shown the pooled one: a few hundred images give
+        # a noisy 152-dimensional covariance, and the categories share much of their feature structure.
+        pooled = sum((len(rows) - 1) * c for rows, (_, c) in zip(groups, moments)) / (n - len(groups))
+        prior = encoder.category_prior
+        whiteners = []
+        for rows, (_, c) in zip(groups, moments):
+            share = len(rows) / (len(rows) + prior)
+            whiteners.append(_whitener(share * c + (1 - share) * pooled, encoder.config))
+        encoder.set_category_statistics(torch.stack([m for m, _ in moments]), torch.stack(whiteners))
 
 
-def _position_gaussians(z: torch.Tensor, config) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean (P, k) and inverse Cholesky factor (P, k, k) of each position of components z (N, P, k)."""
-    n, positions, k = z.shape
+def _position_moments(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean (P, k) and covariance (P, k, k) of each position of components z (N, P, k)."""
     position_mean = z.mean(0)
-    if config.whitening != "position":
-        return position_mean, torch.eye(k, dtype=torch.float64).expand(positions, k, k).contiguous()
     centred = z - position_mean
-    cov = torch.einsum("npi,npj->pij", centred, centred) / (n - 1)
-    cov = cov + float(config.epsilon) * torch.eye(k, dtype=cov.dtype)
+    return position_mean, torch.einsum("npi,npj->pij", centred, centred) / (len(z) - 1)
+
+
+def _whitener(cov: torch.Tensor, config) -> torch.Tensor:
+    """The inverse Cholesky factor of each covariance plus epsilon I (the identity without whitening)."""
+    positions, k, _ = cov.shape
+    eye = torch.eye(k, dtype=cov.dtype)
+    if config.whitening != "position":
+        return eye.expand(positions, k, k).contiguous()
     # Cholesky: batched inverses fail with 2+ threads in torch 2.13's CPU build.
-    chol = torch.linalg.cholesky(cov)
-    whitener = torch.linalg.solve_triangular(chol, torch.eye(k, dtype=cov.dtype).expand_as(chol), upper=False)
-    return position_mean, whitener.contiguous()
+    chol = torch.linalg.cholesky(cov + float(config.epsilon) * eye)
+    return torch.linalg.solve_triangular(chol, eye.expand_as(chol), upper=False).contiguous()
 
 
 def build_feature_encoder(
@@ -124,6 +133,7 @@ def build_feature_encoder(
     grid: int,
     latent_channels: int = 0,
     categories: list[str] | None = None,
+    category_prior: float | None = None,
 ):
     """The ImageNet EfficientNet-Lite encoder of `variant` for `channels`-channel images at `resolution`
     (with `categories`: per-category Gaussians as well)."""
@@ -138,6 +148,7 @@ def build_feature_encoder(
         grid=grid,
         latent_channels=latent_channels,
         categories=categories,
+        category_prior=category_prior,
     )
 
 
@@ -153,6 +164,7 @@ def run_feature_stage(
     latent_channels: int = 0,
     batch_size: int = 16,
     class_conditional: bool = False,
+    category_prior: float | None = None,
 ) -> dict:
     """Fit the feature first stage on the good training images and save it to `output_dir` (atomically).
     `category` may name several categories ("a,b"; None: all of them); with `class_conditional` and
@@ -164,7 +176,9 @@ def run_feature_stage(
     samples = good_training_samples(data, category)
     names = sorted({s.category for s in samples})
     conditional = names if class_conditional and len(names) > 1 else None
-    encoder = build_feature_encoder(variant, channels, resolution, grid, latent_channels, conditional)
+    encoder = build_feature_encoder(
+        variant, channels, resolution, grid, latent_channels, conditional, category_prior
+    )
     loader = torch.utils.data.DataLoader(
         training_images(samples, resolution, channels), batch_size=batch_size
     )

@@ -45,6 +45,14 @@ def add_fit_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "class embedding) and a feature first stage also keeps each category's Gaussians",
     )
     p.add_argument(
+        "--category_prior",
+        type=float,
+        default=None,
+        help="with --class_conditional and --first_stage features: each category's covariances are shrunk "
+        "towards those pooled over the categories, as if this many images had shown them (default: the "
+        "latent dimension; 0: each category's own alone)",
+    )
+    p.add_argument(
         "--separate",
         action="store_true",
         help="one model per category instead, in --output_dir/<category>/ (diffad evaluate and detect "
@@ -244,6 +252,8 @@ def check_fit_args(args) -> None:
                 f"--{name} must be at least 1, not {value} (every stage is needed; leave it out for a "
                 "time budget)"
             )
+    if getattr(args, "category_prior", None) is not None and args.category_prior < 0:
+        raise ConfigError(f"--category_prior must be 0 or more, not {args.category_prior}")
     if args.max_minutes is not None and not args.max_minutes > 0:
         raise ConfigError(f"--max_minutes must be positive, not {args.max_minutes}")
     check_fpr(args.fpr)
@@ -401,6 +411,7 @@ def run_fit(args: argparse.Namespace) -> int:
                 grid=args.feature_grid,
                 latent_channels=args.latent_channels,
                 class_conditional=args.class_conditional,
+                category_prior=args.category_prior,
             )
         )
         print(
