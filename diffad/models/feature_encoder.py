@@ -195,10 +195,12 @@ class FeatureEncoder(ModelMixin, ConfigMixin):
         if index is None:
             flat = flat - self.position_mean.float()
             white = torch.einsum("pij,npj->npi", self.position_whitener.float(), flat)
-        else:
-            index = index.to(z.device)
-            flat = flat - self.category_mean.float()[index]
-            white = torch.einsum("npij,npj->npi", self.category_whitener.float()[index], flat)
+        else:  # one category at a time: a whitener per image would be N x P x k x k floats
+            white = torch.empty_like(flat)
+            for c in index.unique().tolist():
+                rows = (index == c).nonzero()[:, 0].to(z.device)
+                centred = flat[rows] - self.category_mean[c].float()
+                white[rows] = torch.einsum("pij,npj->npi", self.category_whitener[c].float(), centred)
         return white.transpose(1, 2).reshape(n, k, h, w)
 
     @torch.no_grad()
