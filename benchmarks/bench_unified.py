@@ -32,8 +32,8 @@ RUNS = {
     "patchcore": ["--method", "patchcore"],
     "diffusion": [],
     "diffusion-cond": ["--class_conditional"],
-    # Each category's own covariances alone, not shrunk towards the pooled ones.
-    "diffusion-cond-own": ["--class_conditional", "--category_prior", "0"],
+    # Each category's covariances shrunk towards those pooled over the categories (152: Lite0's dimension).
+    "diffusion-cond-pooled": ["--class_conditional", "--category_prior", "152"],
 }
 METRICS = (("image_auroc", "I-AUROC"), ("pixel_auroc", "P-AUROC"), ("aupro", "AUPRO"), ("mad", "mAD"))
 

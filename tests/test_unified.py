@@ -175,7 +175,7 @@ def test_set_calibration_inside_a_category_leaves_the_fallback_alone():
         assert scorer.standardise("score", residual) is residual
 
 
-@pytest.mark.parametrize("prior", [0.0, None, 30.0])
+@pytest.mark.parametrize("prior", [0.0, 4.0, 30.0])
 def test_per_category_gaussians_are_numpy_mahalanobis_distances(prior):
     torch.manual_seed(0)
     encoder = FeatureEncoder(
@@ -190,12 +190,12 @@ def test_per_category_gaussians_are_numpy_mahalanobis_distances(prior):
     components = encoder.project(embed_images(encoder, x).float()).double().numpy().reshape(24, 4, -1)
     groups = {"dark": slice(0, 12), "bright": slice(12, 24)}
     # Reference: numpy's covariances; each category's shrunk towards the pooled within-category one
-    # with `prior` pseudo-images (default: the dimension, 4), then numpy's own inverse.
+    # with `prior` pseudo-images (0: none), then numpy's own inverse.
     covs = {
         name: [np.cov(components[rows, :, p], rowvar=False) for p in range(4)]
         for name, rows in groups.items()
     }
-    share = 12 / (12 + (4 if prior is None else prior))
+    share = 12 / (12 + prior)
     for name, rows in groups.items():
         z = encoder.encode(x[rows], category=name).latents.double().numpy().reshape(12, 4, -1)
         for p in range(4):

@@ -59,7 +59,7 @@ class FeatureEncoder(ModelMixin, ConfigMixin):
             `encode(images, category=name)` whitens by them: the prior the UNet starts from is then
             that category's. Without a category the Gaussians of all the good images are used.
         category_prior: how many images' worth of the covariance pooled over the categories each
-            category's covariance is shrunk towards (None: the latent dimension; 0: none).
+            category's covariance is shrunk towards (0: none, each category's own).
     """
 
     has_decoder = False  # the pipeline computes latent-space residuals only
@@ -80,10 +80,10 @@ class FeatureEncoder(ModelMixin, ConfigMixin):
         noise_prior: str = "gaussian",
         fitted: bool = False,
         categories: list[str] | None = None,
-        category_prior: float | None = None,
+        category_prior: float = 0.0,
     ):
         super().__init__()
-        if category_prior is not None and category_prior < 0:
+        if category_prior < 0:
             raise ConfigError(f"category_prior must be 0 or more, not {category_prior}")
         if noise_prior not in NOISE_PRIORS:
             raise ConfigError(f"noise_prior must be one of {', '.join(NOISE_PRIORS)}; got {noise_prior!r}")
@@ -166,8 +166,7 @@ class FeatureEncoder(ModelMixin, ConfigMixin):
 
     @property
     def category_prior(self) -> float:
-        prior = self.config.category_prior
-        return float(self.config.latent_channels if prior is None else prior)
+        return float(self.config.category_prior)
 
     def category_indices(self, category, count: int) -> torch.Tensor | None:
         """(count,) indices into `categories` of a name (the whole batch) or of one name per image;

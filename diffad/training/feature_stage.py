@@ -96,9 +96,10 @@ def fit_statistics(encoder, embeddings: torch.Tensor, labels: list[str] | None =
                     f"category {name!r} needs at least 2 good images for its Gaussians, got {len(rows)}"
                 )
         moments = [_position_moments(z[rows]) for rows in groups]
-        # Each category's covariance is shrunk towards the within-category covariance pooled over all
-        # categories, as if `category_prior` images had shown the pooled one: a few hundred images give
-        # a noisy 152-dimensional covariance, and the categories share much of their feature structure.
+        # Each category's covariance may be shrunk towards the within-category covariance pooled over
+        # all categories, as if `category_prior` images had shown the pooled one (a few hundred images
+        # give a noisy 152-dimensional covariance). Off by default: on synthetic defects each category's
+        # own did better (benchmarks/bench_unified.py).
         pooled = sum((len(rows) - 1) * c for rows, (_, c) in zip(groups, moments)) / (n - len(groups))
         prior = encoder.category_prior
         whiteners = []
@@ -133,7 +134,7 @@ def build_feature_encoder(
     grid: int,
     latent_channels: int = 0,
     categories: list[str] | None = None,
-    category_prior: float | None = None,
+    category_prior: float = 0.0,
 ):
     """The ImageNet EfficientNet-Lite encoder of `variant` for `channels`-channel images at `resolution`
     (with `categories`: per-category Gaussians as well)."""
@@ -164,7 +165,7 @@ def run_feature_stage(
     latent_channels: int = 0,
     batch_size: int = 16,
     class_conditional: bool = False,
-    category_prior: float | None = None,
+    category_prior: float = 0.0,
 ) -> dict:
     """Fit the feature first stage on the good training images and save it to `output_dir` (atomically).
     `category` may name several categories ("a,b"; None: all of them); with `class_conditional` and

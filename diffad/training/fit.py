@@ -47,10 +47,10 @@ def add_fit_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument(
         "--category_prior",
         type=float,
-        default=None,
-        help="with --class_conditional and --first_stage features: each category's covariances are shrunk "
-        "towards those pooled over the categories, as if this many images had shown them (default: the "
-        "latent dimension; 0: each category's own alone)",
+        default=0.0,
+        help="with --class_conditional and --first_stage features: shrink each category's covariances "
+        "towards those pooled over the categories, as if this many images had shown them (default 0: "
+        "each category's own; 152, the latent dimension, gave better AUPRO and worse image AUROC)",
     )
     p.add_argument(
         "--separate",
@@ -252,7 +252,7 @@ def check_fit_args(args) -> None:
                 f"--{name} must be at least 1, not {value} (every stage is needed; leave it out for a "
                 "time budget)"
             )
-    if getattr(args, "category_prior", None) is not None and args.category_prior < 0:
+    if getattr(args, "category_prior", 0.0) < 0:
         raise ConfigError(f"--category_prior must be 0 or more, not {args.category_prior}")
     if args.max_minutes is not None and not args.max_minutes > 0:
         raise ConfigError(f"--max_minutes must be positive, not {args.max_minutes}")
