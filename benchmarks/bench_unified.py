@@ -34,6 +34,8 @@ RUNS = {
     "diffusion-cond": ["--class_conditional"],
     # Each category's covariances shrunk towards those pooled over the categories (152: Lite0's dimension).
     "diffusion-cond-pooled": ["--class_conditional", "--category_prior", "152"],
+    # ... by a weight estimated from each category's images.
+    "diffusion-cond-auto": ["--class_conditional", "--category_shrinkage", "auto"],
 }
 METRICS = (("image_auroc", "I-AUROC"), ("pixel_auroc", "P-AUROC"), ("aupro", "AUPRO"), ("mad", "mAD"))
 

@@ -60,6 +60,8 @@ class FeatureEncoder(ModelMixin, ConfigMixin):
             that category's. Without a category the Gaussians of all the good images are used.
         category_prior: how many images' worth of the covariance pooled over the categories each
             category's covariance is shrunk towards (0: none, each category's own).
+        category_shrinkage: "prior" (`category_prior`'s weight) or "auto" (each category's weight
+            estimated from its images, Schäfer and Strimmer 2005; `category_intensities` records it).
     """
 
     has_decoder = False  # the pipeline computes latent-space residuals only
@@ -81,8 +83,12 @@ class FeatureEncoder(ModelMixin, ConfigMixin):
         fitted: bool = False,
         categories: list[str] | None = None,
         category_prior: float = 0.0,
+        category_shrinkage: str = "prior",
+        category_intensities: list[float] | None = None,
     ):
         super().__init__()
+        if category_shrinkage not in ("prior", "auto"):
+            raise ConfigError(f"category_shrinkage must be prior or auto, not {category_shrinkage!r}")
         if category_prior < 0:
             raise ConfigError(f"category_prior must be 0 or more, not {category_prior}")
         if noise_prior not in NOISE_PRIORS:

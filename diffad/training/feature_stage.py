@@ -102,11 +102,31 @@ def fit_statistics(encoder, embeddings: torch.Tensor, labels: list[str] | None =
         # own did better (benchmarks/bench_unified.py).
         pooled = sum((len(rows) - 1) * c for rows, (_, c) in zip(groups, moments)) / (n - len(groups))
         prior = encoder.category_prior
-        whiteners = []
-        for rows, (_, c) in zip(groups, moments):
-            share = len(rows) / (len(rows) + prior)
-            whiteners.append(_whitener(share * c + (1 - share) * pooled, encoder.config))
+        whiteners, intensities = [], []
+        for rows, (m, c) in zip(groups, moments):
+            if encoder.config.category_shrinkage == "auto":
+                toward = shrinkage_intensity(z[rows] - m, c, pooled)
+            else:
+                toward = prior / (len(rows) + prior)
+            intensities.append(round(float(toward), 4))
+            whiteners.append(_whitener((1 - toward) * c + toward * pooled, encoder.config))
         encoder.set_category_statistics(torch.stack([m for m, _ in moments]), torch.stack(whiteners))
+        encoder.register_to_config(category_intensities=intensities)
+
+
+def shrinkage_intensity(centred: torch.Tensor, cov: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Schäfer and Strimmer's (2005) estimate of the best weight of `target` in a shrunk covariance,
+    from one category's centred components (n, P, k) and covariance (P, k, k): the summed estimated
+    variance of the covariance's entries over their summed squared distance to the target, in [0, 1],
+    one weight for all positions. A few images in many dimensions give a noisy covariance and a
+    weight near 1; many images a weight near 0."""
+    n = len(centred)
+    squares = centred**2
+    # sum_k (x_ki x_kj - mean_ij)^2 = sum_k x_ki^2 x_kj^2 - n mean_ij^2, mean_ij = cov_ij (n - 1) / n
+    spread = torch.einsum("npi,npj->pij", squares, squares) - n * (cov * (n - 1) / n) ** 2
+    variance = (n / (n - 1) ** 3 * spread.clamp_min(0)).sum()
+    distance = ((cov - target) ** 2).sum()
+    return (variance / distance.clamp_min(1e-30)).clamp(0.0, 1.0)
 
 
 def _position_moments(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,6 +155,7 @@ def build_feature_encoder(
     latent_channels: int = 0,
     categories: list[str] | None = None,
     category_prior: float = 0.0,
+    category_shrinkage: str = "prior",
 ):
     """The ImageNet EfficientNet-Lite encoder of `variant` for `channels`-channel images at `resolution`
     (with `categories`: per-category Gaussians as well)."""
@@ -150,6 +171,7 @@ def build_feature_encoder(
         latent_channels=latent_channels,
         categories=categories,
         category_prior=category_prior,
+        category_shrinkage=category_shrinkage,
     )
 
 
@@ -166,6 +188,7 @@ def run_feature_stage(
     batch_size: int = 16,
     class_conditional: bool = False,
     category_prior: float = 0.0,
+    category_shrinkage: str = "prior",
 ) -> dict:
     """Fit the feature first stage on the good training images and save it to `output_dir` (atomically).
     `category` may name several categories ("a,b"; None: all of them); with `class_conditional` and
@@ -178,7 +201,7 @@ def run_feature_stage(
     names = sorted({s.category for s in samples})
     conditional = names if class_conditional and len(names) > 1 else None
     encoder = build_feature_encoder(
-        variant, channels, resolution, grid, latent_channels, conditional, category_prior
+        variant, channels, resolution, grid, latent_channels, conditional, category_prior, category_shrinkage
     )
     loader = torch.utils.data.DataLoader(
         training_images(samples, resolution, channels), batch_size=batch_size

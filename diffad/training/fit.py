@@ -53,6 +53,13 @@ def add_fit_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "each category's own; 152, the latent dimension, gave better AUPRO and worse image AUROC)",
     )
     p.add_argument(
+        "--category_shrinkage",
+        choices=("prior", "auto"),
+        default="prior",
+        help="how much each category's covariances are shrunk: by --category_prior, or auto, a weight "
+        "estimated from each category's images (Schäfer and Strimmer)",
+    )
+    p.add_argument(
         "--separate",
         action="store_true",
         help="one model per category instead, in --output_dir/<category>/ (diffad evaluate and detect "
@@ -412,6 +419,7 @@ def run_fit(args: argparse.Namespace) -> int:
                 latent_channels=args.latent_channels,
                 class_conditional=args.class_conditional,
                 category_prior=args.category_prior,
+                category_shrinkage=args.category_shrinkage,
             )
         )
         print(
