@@ -224,3 +224,39 @@ def test_inspection_page_judges_by_the_category_threshold(conditional, tmp_path)
     assert not problems and np.isfinite(results[0].score)
     with pytest.raises(ConfigError, match="its categories: a, b"):
         Inspector(conditional, category="c")
+
+
+def test_shrinkage_intensity_is_schafer_and_strimmers_estimate():
+    from diffad.training.feature_stage import shrinkage_intensity
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(30, 3, 5))
+    x -= x.mean(0)
+    cov = np.einsum("npi,npj->pij", x, x) / 29
+    target = np.stack([np.eye(5) * 2.0] * 3)
+    # The formula written out: the entries' estimated variances over their squared distance to the target.
+    w = np.einsum("npi,npj->npij", x, x)
+    expected = (30 / 29**3 * ((w - w.mean(0)) ** 2).sum(0)).sum() / ((cov - target) ** 2).sum()
+    got = shrinkage_intensity(torch.tensor(x), torch.tensor(cov), torch.tensor(target))
+    assert float(got) == pytest.approx(min(expected, 1.0), rel=1e-9)
+    many = rng.normal(size=(3000, 3, 5)) * np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    many -= many.mean(0)
+    big = np.einsum("npi,npj->pij", many, many) / 2999
+    assert float(shrinkage_intensity(torch.tensor(many), torch.tensor(big), torch.tensor(target))) < 0.05
+
+
+def test_auto_shrinkage_records_a_weight_per_category():
+    torch.manual_seed(0)
+    encoder = FeatureEncoder(
+        width_multiplier=0.25, depth_multiplier=0.25, sample_size=SIZE, grid=2, latent_channels=4,
+        categories=["dark", "bright"], category_shrinkage="auto",
+    )  # fmt: skip
+    g = torch.Generator().manual_seed(3)
+    x = torch.cat(
+        [torch.rand(12, 3, SIZE, SIZE, generator=g) * 0.6 - 1, torch.rand(12, 3, SIZE, SIZE, generator=g)]
+    )
+    fit_statistics(encoder, embed_images(encoder, x), ["dark"] * 12 + ["bright"] * 12)
+    weights = encoder.config.category_intensities
+    assert len(weights) == 2 and all(0.0 <= w <= 1.0 for w in weights) and max(weights) > 0
+    with pytest.raises(ConfigError, match="prior or auto"):
+        FeatureEncoder(width_multiplier=0.25, depth_multiplier=0.25, category_shrinkage="ledoit")
