@@ -159,7 +159,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", required=True, help="folder for the root of links, the models and the results")
     p.add_argument("--dataset", action="append", required=True, help="NAME=FOLDER or NAME=elpv:mono|poly")
-    p.add_argument("--detectors", default="padim,patchcore,diffusion,diffusion-cond")
+    p.add_argument("--detectors", default=",".join(RUNS), help="some of " + ", ".join(RUNS))
     p.add_argument("--modes", default="separate,unified")
     p.add_argument("--resolution", type=int, default=256)
     p.add_argument("--train_limit", type=int, default=0, help="good training images per category (0: all)")
