@@ -137,9 +137,7 @@ def detector_marker(model_dir: str | os.PathLike) -> str:
     for marker in LOADERS:
         if (folder / marker).is_file():
             return marker
-    separate = sorted(
-        p.name for p in folder.iterdir() if p.is_dir() and any((p / m).is_file() for m in LOADERS)
-    )
+    separate = sorted(p.name for p in folder.iterdir() if holds_detector(p))
     if separate:
         raise ConfigError(
             f"{folder} holds one model per category ({', '.join(separate)}): pass --category NAME, or "
@@ -158,7 +156,12 @@ def model_for_category(model_dir: str | os.PathLike, category: str | None) -> Pa
     if category is None:
         return model_dir
     sub = model_dir / category
-    return sub if sub.is_dir() and any((sub / marker).is_file() for marker in LOADERS) else model_dir
+    return sub if holds_detector(sub) else model_dir
+
+
+def holds_detector(folder: Path) -> bool:
+    """Whether `folder` is a saved detector (holds one of LOADERS' marker files)."""
+    return folder.is_dir() and any((folder / marker).is_file() for marker in LOADERS)
 
 
 def detector_categories(detector) -> list[str]:
@@ -181,11 +184,12 @@ def category_scope(detector, category: str | None):
 
 def category_options(detector, category: str | None) -> dict[str, Any]:
     """The keyword arguments that tell a detector call the images' category (none when it takes none)."""
+    from diffad.scoring.scorer import resolve_category
+
     if category is None or not detector_categories(detector):
         return {}
-    with category_scope(detector, category):  # an unknown category fails here, before any image runs
-        pass
-    return {"category": category}
+    # An unknown category fails here, before any image runs.
+    return {"category": resolve_category(detector_categories(detector), category)}
 
 
 def load_detector(model_dir: str | os.PathLike, device: str | None = None):

@@ -10,7 +10,7 @@ calibration statistics live in the `scorer` component, so a saved folder detects
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -145,12 +145,8 @@ class AnomalyDetectionPipeline(DiffusionPipeline):
         """Detect, calibrate or score as `category` (None: the category-free fallback): its own
         statistics, weights and thresholds in the scorer, its Gaussians in a class-conditional first
         stage, its class for a class-conditional UNet. An unknown name lists the known ones."""
-        with self.scorer.use_category(category):
-            previous, self._category = getattr(self, "_category", None), self.scorer.active_category
-            try:
-                yield self
-            finally:
-                self._category = previous
+        with self.scorer.use_category(category):  # the scorer holds which category is active
+            yield self
 
     # ---- detection ----------------------------------------------------------------------------------
 
@@ -191,51 +187,33 @@ class AnomalyDetectionPipeline(DiffusionPipeline):
             None for a setting means the scorer's config.
         """
         with self.use_category(category):
-            return self._detect(
-                image, strength, num_inference_steps, noise, generator, output_type, return_dict, num_ensemble,
-                batch_size, output_reconstructions,
-            )  # fmt: skip
-
-    def _detect(
-        self,
-        image,
-        strength,
-        num_inference_steps,
-        noise,
-        generator,
-        output_type,
-        return_dict,
-        num_ensemble,
-        batch_size,
-        output_reconstructions,
-    ):
-        settings = self._settings(strength, num_inference_steps, noise, num_ensemble)
-        check_choice("output_type", output_type, ("np", "pt", "pil"))
-        images = to_tensor_list(image, self.image_channels)
-        seeds = image_seeds(generator, len(images))
-        maps, scores, reconstructions = [], [], []
-        for start, batch in self._batches(images, batch_size):
-            residuals, x_hat = self._residual_maps(
-                batch,
-                settings,
-                seeds[start : start + len(batch)],
-                decode=output_reconstructions or self.segmentation_head is not None,
-            )
-            batch_maps = self.scorer.combine(residuals)
-            if self.segmentation_head is not None:
-                batch_maps = self._head_maps(batch, x_hat, batch_maps)
-            scores.append(self.scorer.score(batch_maps).float().cpu())
-            for i, (original, anomaly_map) in enumerate(zip(batch, batch_maps)):
-                size = tuple(original.shape[-2:])
-                maps.append(resize(anomaly_map[None, None].float(), size)[0, 0].cpu())
-                if x_hat is not None:
-                    reconstructions.append(resize(x_hat[i : i + 1].float(), size)[0].cpu())
-        outputs = format_outputs(maps, torch.cat(scores), reconstructions, output_type)
-        self.maybe_free_model_hooks()
-        if not return_dict:
-            return outputs
-        verdicts = thresholds.pipeline_verdicts(self.scorer, torch.cat(scores), output_type)
-        return AnomalyDetectionOutput(*outputs, is_defective=verdicts)
+            settings = self._settings(strength, num_inference_steps, noise, num_ensemble)
+            check_choice("output_type", output_type, ("np", "pt", "pil"))
+            images = to_tensor_list(image, self.image_channels)
+            seeds = image_seeds(generator, len(images))
+            maps, scores, reconstructions = [], [], []
+            for start, batch in self._batches(images, batch_size):
+                residuals, x_hat = self._residual_maps(
+                    batch,
+                    settings,
+                    seeds[start : start + len(batch)],
+                    decode=output_reconstructions or self.segmentation_head is not None,
+                )
+                batch_maps = self.scorer.combine(residuals)
+                if self.segmentation_head is not None:
+                    batch_maps = self._head_maps(batch, x_hat, batch_maps)
+                scores.append(self.scorer.score(batch_maps).float().cpu())
+                for i, (original, anomaly_map) in enumerate(zip(batch, batch_maps)):
+                    size = tuple(original.shape[-2:])
+                    maps.append(resize(anomaly_map[None, None].float(), size)[0, 0].cpu())
+                    if x_hat is not None:
+                        reconstructions.append(resize(x_hat[i : i + 1].float(), size)[0].cpu())
+            outputs = format_outputs(maps, torch.cat(scores), reconstructions, output_type)
+            self.maybe_free_model_hooks()
+            if not return_dict:
+                return outputs
+            verdicts = thresholds.pipeline_verdicts(self.scorer, torch.cat(scores), output_type)
+            return AnomalyDetectionOutput(*outputs, is_defective=verdicts)
 
     @torch.no_grad()
     def calibrate(
@@ -263,9 +241,7 @@ class AnomalyDetectionPipeline(DiffusionPipeline):
         With `category` (a model of several categories), the statistics are that category's own, from
         its good images; the fitted Gaussians and head are shared."""
         with self.use_category(category):
-            self.scorer.update_settings(
-                threshold_f1=None, threshold_fpr=None
-            )  # they belong to old statistics
+            self.scorer.update_settings(threshold_f1=None, threshold_fpr=None)  # of old statistics
             return fitting.calibrate(
                 self, good_images, generator, mode, batch_size, gaussian_images, feature_head_steps
             )
@@ -276,7 +252,7 @@ class AnomalyDetectionPipeline(DiffusionPipeline):
         image,
         generator: torch.Generator | list[torch.Generator] | None = None,
         batch_size: int = 8,
-        category: str | None = "active",
+        category: str | None = None,
     ) -> dict[str, torch.Tensor]:
         """Each residual with a weight above 0, smoothed but neither standardised nor weighted, at the
         working resolution: name -> (N, R, R). `scorer.combine` turns them into maps; comparing
@@ -287,12 +263,10 @@ class AnomalyDetectionPipeline(DiffusionPipeline):
                 parts.setdefault(name, []).append(residual.float().cpu())
         return {name: torch.cat(maps) for name, maps in parts.items()}
 
-    def residual_batches(self, image, generator=None, batch_size: int = 8, category: str | None = "active"):
+    def residual_batches(self, image, generator=None, batch_size: int = 8, category: str | None = None):
         """`residual_maps` one batch at a time (name -> (n, R, R) per batch), with the scorer's settings
-        (those of `category`; by default the category `use_category` is inside)."""
-        if category == "active":
-            category = getattr(self, "_category", None)
-        with self.use_category(category):
+        (those of `category` when given, else of the category `use_category` is inside, if any)."""
+        with self.use_category(category) if category is not None else nullcontext():
             settings = self._settings(None, None, None, None)
             images = to_tensor_list(image, self.image_channels)
             seeds = image_seeds(generator, len(images))
@@ -380,7 +354,7 @@ class AnomalyDetectionPipeline(DiffusionPipeline):
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
         if self.vae is None:
             return x
-        category = getattr(self, "_category", None)
+        category = self.scorer.active_category
         if category is not None and getattr(self.vae, "categories", None):  # its own Gaussians
             encoded = self.vae.encode(x.to(self.vae.dtype), category=category)
         else:
@@ -409,7 +383,7 @@ class AnomalyDetectionPipeline(DiffusionPipeline):
         alphas = self.scheduler.alphas_cumprod
         labels = None
         if is_class_conditional(self.unet):
-            category = getattr(self, "_category", None)
+            category = self.scorer.active_category
             index = null_label(self.unet) if category is None else self.categories.index(category)
             labels = torch.full((z.shape[0],), index, device=z.device, dtype=torch.long)
         return predict_noise(self.unet, z, t, alphas, noise_prior(self.vae), labels)

@@ -37,7 +37,8 @@ def predict_noise(
     class_labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """ε̂(z_t, t): the UNet's output, plus sqrt(1 - ᾱ_t) z_t under the Gaussian prior. `class_labels`
-    (N,): the categories of a class-conditional UNet (`class_labels(unet, ...)`); None for one without."""
+    (N,): the category indices of a class-conditional UNet (`null_label(unet)`: none given); None for a
+    UNet without classes."""
     t = t.to(z_t.device)
     if t.ndim == 0:
         t = t.expand(z_t.shape[0])

@@ -185,16 +185,16 @@ def call_detector(
     return detector(images, **kwargs)
 
 
-def _case_reconstructions(detector, dataset, samples, indices: list[int], batch_size: int, seed: int):
+def _case_reconstructions(
+    detector, dataset, samples, indices: list[int], batch_size: int, seed: int, category: str
+):
     """Reconstructions of the images at `indices` only, with each image's own noise (so the same as a
     full run would have given): decoding every test image would cost more than the detection."""
     from diffad.report.panels import to_rgb8
 
     images = [dataset[i]["image"] for i in indices]
     generators = [image_generator(seed, samples[i]) for i in indices]
-    output = call_detector(
-        detector, images, batch_size, generators, category=samples[indices[0]].category if indices else None
-    )
+    output = call_detector(detector, images, batch_size, generators, category=category)
     return {i: to_rgb8(np.asarray(r)) for i, r in zip(indices, output.reconstructions)}
 
 
@@ -287,7 +287,9 @@ def run_category(
         and getattr(detector, "has_decoder", True)  # a feature first stage: input and map panels only
     ):
         indices = case_candidates(results.labels, results.scores, num_cases)
-        results.reconstructions = _case_reconstructions(detector, dataset, samples, indices, batch_size, seed)
+        results.reconstructions = _case_reconstructions(
+            detector, dataset, samples, indices, batch_size, seed, category
+        )
     from diffad.scoring.thresholds import resolve
 
     with category_scope(detector, category):  # a model of many categories: this one's threshold

@@ -492,14 +492,13 @@ class AnomalyScorer(ModelMixin, ConfigMixin):
         # statistics there: with 8 images that is two thirds global, with 500 it is 97% per pixel.
         prior = 16
         # One row per residual, then one per fitted map (each kept in a buffer of its own).
-        order = [*RESIDUALS, *FITTED_MAPS, *LATENT_RESIDUALS]
-        rows = len(order)
+        rows = len(CATEGORY_ROWS)
         mean = torch.zeros(rows, *self.calibration_mean.shape[1:])
         std = torch.ones(rows, *self.calibration_std.shape[1:])
         for name, (count, total, total_sq) in moments.items():
             if count < 1:
                 raise ConfigError("calibration needs at least one good image")
-            row = order.index(name)
+            row = CATEGORY_ROWS.index(name)
             total, total_sq = total.double(), total_sq.double()
             pixel_mean = total / count
             pixel_var = (total_sq / count - pixel_mean**2).clamp_min(0)
